@@ -1,0 +1,26 @@
+"""refattn: reference implementations of attention and its fast approximations.
+
+Written once against the Python array API standard, so the same code runs on NumPy, CuPy, torch
+and array-api-strict. Every method has a forward pass, a hand-written backward pass (``vjp``),
+complexity instrumentation and property tests of what its paper claims.
+"""
+
+from . import backends, methods, random, testing
+from ._vjp import registered, vjp
+from .cost import Cost
+from .methods import causal_dot, causal_dot_backward, softmax_attention
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cost",
+    "backends",
+    "causal_dot",
+    "causal_dot_backward",
+    "methods",
+    "random",
+    "registered",
+    "softmax_attention",
+    "testing",
+    "vjp",
+]

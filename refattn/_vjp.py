@@ -1,0 +1,73 @@
+"""``refattn.vjp``: the vector-Jacobian product of every public function, jax.vjp style.
+
+Each method module registers its public function with its hand-written ``forward`` (returning
+``(out, residuals)``) and ``backward(residuals, dout) -> Grads``; nothing is differentiated
+automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._xp import device, namespace
+
+__all__ = ["vjp", "defvjp", "registered"]
+
+_RULES: dict[Callable[..., Any], tuple[Callable[..., Any], Callable[..., Any]]] = {}
+
+
+def defvjp(forward: Callable[..., Any],
+           backward: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator registering ``(forward, backward)`` as the vjp rule of a public function."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        _RULES[fn] = (forward, backward)
+        return fn
+
+    return register
+
+
+def registered() -> tuple[Callable[..., Any], ...]:
+    """The public functions that have a vjp rule."""
+    return tuple(_RULES)
+
+
+def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """Evaluate ``fn(*args, **kwargs)`` and return ``(out, pullback)``.
+
+    ``pullback(dout)`` returns the method's ``Grads`` named tuple: one cotangent per array
+    argument in order (``dq, dk, dv`` and then one per parameter), each with its argument's shape.
+
+    Examples
+    --------
+    >>> out, pullback = refattn.vjp(refattn.softmax_attention, q, k, v, causal=True)  # doctest: +SKIP
+    >>> dq, dk, dv = pullback(dout)                                                   # doctest: +SKIP
+    """
+    try:
+        forward, backward = _RULES[fn]
+    except (KeyError, TypeError):
+        names = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in _RULES))
+        msg = f"fn must be a refattn public function with a registered vjp ({names}), got {fn!r}"
+        raise TypeError(msg) from None
+    out, residuals = forward(*args, **kwargs)
+
+    def pullback(dout: Any) -> Any:
+        xp = namespace(out)
+        try:
+            same_ns = namespace(dout) is xp
+        except TypeError:
+            same_ns = False
+        if not same_ns:
+            msg = f"dout must be an array of the same library as the output, got {type(dout).__name__}"
+            raise TypeError(msg)
+        if tuple(dout.shape) != tuple(out.shape) or dout.dtype != out.dtype:
+            msg = (f"dout must match the output's shape {tuple(out.shape)} and dtype {out.dtype}, "
+                   f"got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+            raise ValueError(msg)
+        if device(dout) != device(out):
+            msg = f"dout must be on the output's device {device(out)}, got {device(dout)}"
+            raise ValueError(msg)
+        return backward(residuals, dout)
+
+    return out, pullback

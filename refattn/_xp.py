@@ -1,0 +1,192 @@
+"""The one module that imports ``array_api_compat``: namespaces, devices and input validation.
+
+Every public function of refattn asks this module for the array namespace ``xp`` of its inputs and
+validates them here, so that errors read the same everywhere: they name the argument, what was
+expected and what came (``msg = f"..."; raise ValueError(msg)``, as array-api-extra does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+
+__all__ = [
+    "namespace",
+    "device",
+    "is_floating",
+    "check_float_array",
+    "check_same_namespace_device",
+    "check_finite",
+    "broadcast_shapes",
+    "unbroadcast",
+    "resolve_scale",
+    "check_positive_int",
+    "validate_qkv",
+    "compute_dtype",
+]
+
+
+def namespace(*arrays: Any) -> Any:
+    """The array-API namespace shared by ``arrays`` (``None`` entries are ignored).
+
+    Raises ``TypeError`` when the arrays come from different libraries.
+    """
+    present = [a for a in arrays if a is not None]
+    try:
+        return array_api_compat.array_namespace(*present)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__ + "." + type(a).__name__ for a in present})
+        msg = f"all arrays must come from one array library, got {', '.join(kinds)} ({exc})"
+        raise TypeError(msg) from None
+
+
+def device(x: Any) -> Any:
+    """The device an array lives on (array-API ``device(x)``)."""
+    return array_api_compat.device(x)
+
+
+def is_floating(xp: Any, dtype: Any) -> bool:
+    return bool(xp.isdtype(dtype, "real floating"))
+
+
+def _describe(x: Any) -> str:
+    return f"{type(x).__name__} of shape {tuple(getattr(x, 'shape', ()))} and dtype {getattr(x, 'dtype', '?')}"
+
+
+def check_float_array(name: str, x: Any, xp: Any, *, ndim_min: int = 0, ndim: int | None = None) -> None:
+    """``x`` must be a real floating array of ``xp`` with rank ``ndim`` (or at least ``ndim_min``)."""
+    if not hasattr(x, "__array_namespace__") and not array_api_compat.is_array_api_obj(x):
+        msg = f"{name} must be an array, got {type(x).__name__}"
+        raise TypeError(msg)
+    if not is_floating(xp, x.dtype):
+        msg = f"{name} must have a real floating dtype (float16/float32/float64), got {x.dtype}"
+        raise TypeError(msg)
+    if ndim is not None and x.ndim != ndim:
+        msg = f"{name} must have {ndim} dimensions, got shape {tuple(x.shape)}"
+        raise ValueError(msg)
+    if x.ndim < ndim_min:
+        msg = f"{name} must have at least {ndim_min} dimensions, got shape {tuple(x.shape)}"
+        raise ValueError(msg)
+
+
+def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -> None:
+    """Every array in ``named`` shares ``xp`` and the device of ``named[ref_name]``."""
+    ref_dev = device(named[ref_name])
+    for name, a in named.items():
+        if a is None:
+            continue
+        try:
+            ns = array_api_compat.array_namespace(a)
+        except TypeError:
+            msg = f"{name} must be an array of the same library as {ref_name}, got {type(a).__name__}"
+            raise TypeError(msg) from None
+        if ns is not xp:
+            msg = (f"{name} must be an array of the same library as {ref_name} "
+                   f"({xp.__name__}), got {_describe(a)} from {ns.__name__}")
+            raise TypeError(msg)
+        if device(a) != ref_dev:
+            msg = f"{name} must be on the same device as {ref_name} ({ref_dev}), got {device(a)}"
+            raise ValueError(msg)
+
+
+def check_finite(name: str, x: Any, xp: Any) -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinity, saying how many."""
+    bad = ~xp.isfinite(x)
+    if bool(xp.any(bad)):
+        count = int(xp.sum(xp.astype(bad, xp.int64)))
+        msg = f"{name} must be finite, got {count} NaN/inf entries out of {math.prod(x.shape)}"
+        raise ValueError(msg)
+
+
+def broadcast_shapes(*shapes: Sequence[int], names: Sequence[str] | None = None) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes, with an error naming the arguments that disagree."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for axis in range(-ndim, 0):
+        size = 1
+        for s in shapes:
+            if len(s) < -axis or s[axis] == 1:
+                continue
+            if size not in (1, s[axis]):
+                who = ", ".join(names) if names else "inputs"
+                msg = (f"leading (batch/head) dimensions of {who} do not broadcast: "
+                       f"shapes {[tuple(x) for x in shapes]}")
+                raise ValueError(msg)
+            size = s[axis]
+        out.append(size)
+    return tuple(out)
+
+
+def unbroadcast(xp: Any, g: Any, shape: Sequence[int]) -> Any:
+    """Sum ``g`` over the axes along which an array of ``shape`` was broadcast to ``g.shape``.
+
+    The adjoint of broadcasting, used by every backward pass whose inputs broadcast.
+    """
+    shape = tuple(shape)
+    if tuple(g.shape) == shape:
+        return g
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = xp.sum(g, axis=tuple(range(extra)))
+    axes = tuple(i for i, s in enumerate(shape) if s == 1 and g.shape[i] != 1)
+    if axes:
+        g = xp.sum(g, axis=axes, keepdims=True)
+    return g
+
+
+def resolve_scale(scale: float | None, d: int) -> float:
+    """The logit scale: ``1/sqrt(d)`` by default; a given scale must be a finite real number."""
+    if scale is None:
+        return 1.0 / math.sqrt(d) if d > 0 else 1.0
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        msg = f"scale must be a finite real number or None, got {scale!r}"
+        raise TypeError(msg) if not isinstance(scale, (int, float)) else ValueError(msg)
+    return float(scale)
+
+
+def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        msg = f"{name} must be a positive integer, got {value!r}"
+        raise ValueError(msg)
+
+
+def compute_dtype(xp: Any, dtype: Any) -> Any:
+    """Working precision: the inputs' dtype, raised to float32 for half-precision inputs."""
+    name = str(dtype)
+    if name.endswith("float16"):  # float16 and bfloat16 (not every namespace has them)
+        return xp.float32
+    return dtype
+
+
+def validate_qkv(q: Any, k: Any, v: Any, *, check_finite_inputs: bool = False,
+                 extra: dict[str, Any] | None = None) -> tuple[Any, tuple[int, ...]]:
+    """Validate ``q (..., n, d)``, ``k (..., m, d)``, ``v (..., m, dv)``.
+
+    Returns ``(xp, batch_shape)`` where ``batch_shape`` is the broadcast of the leading dimensions.
+    ``extra`` holds further named arrays that must share namespace and device (parameters, masks).
+    """
+    xp = namespace(q, k, v)
+    named = {"q": q, "k": k, "v": v}
+    check_same_namespace_device({**named, **(extra or {})}, xp, "q")
+    for name, a in named.items():
+        check_float_array(name, a, xp, ndim_min=2)
+    if not (q.dtype == k.dtype == v.dtype):
+        msg = f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        raise TypeError(msg)
+    if k.shape[-1] != q.shape[-1]:
+        msg = f"k must have shape (..., m, {q.shape[-1]}) to match q's last axis, got {tuple(k.shape)}"
+        raise ValueError(msg)
+    if v.shape[-2] != k.shape[-2]:
+        msg = (f"v must have shape (..., {k.shape[-2]}, dv) to match k's sequence axis, "
+               f"got {tuple(v.shape)}")
+        raise ValueError(msg)
+    batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2], names=("q", "k", "v"))
+    if check_finite_inputs:
+        for name, a in named.items():
+            check_finite(name, a, xp)
+    return xp, batch

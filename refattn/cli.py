@@ -1,0 +1,78 @@
+"""The ``refattn`` command: ``refattn info`` (backends found here and a forward+backward check of
+each against the float64 NumPy oracle). Later subcommands (verify, check, bench, cost) plug in here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import backends
+from ._vjp import vjp
+from .methods.softmax import softmax_attention
+
+__all__ = ["main"]
+
+
+def _info_case(seed: int = 0) -> tuple[np.ndarray, ...]:
+    rs = np.random.default_rng(seed)
+    b, h, n, m, d, dv = 2, 4, 256, 256, 64, 64
+    return (rs.standard_normal((b, h, n, d)), rs.standard_normal((b, h, m, d)),
+            rs.standard_normal((b, h, m, dv)), rs.standard_normal((b, h, n, dv)))
+
+
+def _run(backend: backends.Backend, host: Sequence[np.ndarray], dtype: str) -> tuple[list[np.ndarray], float]:
+    q, k, v, dout = (backend.asarray(a.astype(dtype)) for a in host)
+    backend.synchronize()
+    t0 = time.perf_counter()
+    out, pullback = vjp(softmax_attention, q, k, v, causal=True)
+    grads = pullback(dout)
+    backend.synchronize()
+    elapsed = time.perf_counter() - t0
+    return [backend.to_host(a) for a in (out, *grads)], elapsed
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import refattn
+
+    print(f"refattn {refattn.__version__}, Python {sys.version.split()[0]}")
+    host = _info_case()
+    oracle, _ = _run(backends.get("numpy"), host, "float64")
+    rows = []
+    for name in backends.names():
+        try:
+            be = backends.get(name)
+        except (backends.BackendUnavailable, ImportError) as exc:
+            print(f"  {name:<18} unavailable: {exc}")
+            continue
+        dtypes = ["float64", "float32"]
+        if name == "array_api_strict":
+            dtypes = ["float64"]
+        for dtype in dtypes:
+            _run(be, host, dtype)  # warm-up
+            got, secs = _run(be, host, dtype)
+            err = max(float(np.max(np.abs(g - o)) / max(np.max(np.abs(o)), 1e-300))
+                      for g, o in zip(got, oracle))
+            rows.append((name, be.version, str(be.device), dtype, err, secs))
+    print("\nsoftmax attention, causal, B=2 H=4 n=m=256 d=dv=64, forward + backward "
+          "vs the float64 NumPy oracle")
+    print(f"  {'backend':<18}{'version':<14}{'device':<22}{'dtype':<9}{'max rel err':>12}{'time [ms]':>11}")
+    for name, ver, dev, dtype, err, secs in rows:
+        print(f"  {name:<18}{ver:<14}{dev[:21]:<22}{dtype:<9}{err:>12.2e}{1e3 * secs:>11.2f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="refattn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="backends found here, and a forward+backward check of each")
+    p.set_defaults(func=cmd_info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

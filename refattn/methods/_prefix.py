@@ -1,0 +1,68 @@
+r"""The causal prefix-sum kernel shared by every kernelized method (linear attention, random
+features, trainable kernels): one tested function, forward and backward.
+
+.. math::
+
+    \operatorname{causal\_dot}(A, B, C)_i = A_i^\top \sum_{j \le i} B_j C_j^\top
+                                         = \sum_{j \le i} (A_i \cdot B_j)\, C_j
+
+for ``A (..., n, D)``, ``B (..., n, D)``, ``C (..., n, e)`` -> ``(..., n, e)``; ``reverse=True`` sums
+over ``j >= i`` instead. Computed in chunks of ``chunk`` rows: inside a chunk the masked
+``(chunk, chunk)`` product, across chunks a running state ``S = sum_j B_j C_j^T`` of shape ``(D, e)``,
+so the extra memory is ``O(chunk^2 + chunk (D + e) + D e)`` per batch element and never
+``O(n D e)`` (Katharopoulos et al. 2020 materialise the prefix sums; chunking avoids that).
+
+Backward (``G`` the cotangent of the output):
+``dA = causal_dot(G, C, B)``, ``dB = causal_dot(C, G, A, reverse=True)``,
+``dC = causal_dot(B, A, G, reverse=True)``, each the same kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .._xp import device, namespace
+
+__all__ = ["causal_dot", "causal_dot_backward", "CausalDotGrads", "DEFAULT_CHUNK"]
+
+DEFAULT_CHUNK = 128
+
+
+class CausalDotGrads(NamedTuple):
+    da: Any
+    db: Any
+    dc: Any
+
+
+def causal_dot(a: Any, b: Any, c: Any, /, *, chunk: int = DEFAULT_CHUNK, reverse: bool = False) -> Any:
+    """``out_i = sum_{j <= i} (a_i . b_j) c_j`` (``j >= i`` when ``reverse``), chunked; see the module."""
+    xp = namespace(a, b, c)
+    if reverse:
+        a, b, c = (xp.flip(x, axis=-2) for x in (a, b, c))
+    n = a.shape[-2]
+    batch = tuple(xp.broadcast_arrays(a[..., :1, :1], b[..., :1, :1], c[..., :1, :1])[0].shape[:-2])
+    dev = device(a)
+    state = xp.zeros((*batch, a.shape[-1], c.shape[-1]), dtype=a.dtype, device=dev)
+    outs = []
+    for i0 in range(0, n, chunk):
+        i1 = min(i0 + chunk, n)
+        ac, bc, cc = a[..., i0:i1, :], b[..., i0:i1, :], c[..., i0:i1, :]
+        idx = xp.arange(i1 - i0, device=dev)
+        tril = idx[None, :] <= idx[:, None]
+        w = xp.where(tril, ac @ xp.matrix_transpose(bc), 0.0)
+        outs.append(w @ cc + ac @ state)
+        state = state + xp.matrix_transpose(bc) @ cc
+    out = (xp.concat(outs, axis=-2) if outs
+           else xp.zeros((*batch, 0, c.shape[-1]), dtype=a.dtype, device=dev))
+    return xp.flip(out, axis=-2) if reverse else out
+
+
+def causal_dot_backward(a: Any, b: Any, c: Any, g: Any, /, *, chunk: int = DEFAULT_CHUNK,
+                        reverse: bool = False) -> CausalDotGrads:
+    """Cotangents of ``causal_dot(a, b, c)`` for the output cotangent ``g`` (shapes before
+    un-broadcasting: the caller reduces broadcast batch axes)."""
+    return CausalDotGrads(
+        causal_dot(g, c, b, chunk=chunk, reverse=reverse),
+        causal_dot(c, g, a, chunk=chunk, reverse=not reverse),
+        causal_dot(b, a, g, chunk=chunk, reverse=not reverse),
+    )

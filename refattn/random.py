@@ -1,0 +1,55 @@
+"""Host-side random samplers: numbers are drawn with NumPy's ``Generator`` and then moved to the
+requested backend, so every backend sees the same numbers for the same seed (SPEC 7 ``rng``).
+
+Nothing in a forward pass draws random numbers: random matrices (Linformer's R, random-feature
+projections, orthogonal blocks) are made here and passed in explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["default_rng", "normal", "uniform", "to_backend", "like"]
+
+
+def default_rng(rng: Any = None) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a seed, a ``SeedSequence`` or a Generator (returned as is)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None:
+        msg = "rng must be given (a seed or a numpy.random.Generator): refattn draws no hidden randomness"
+        raise ValueError(msg)
+    return np.random.default_rng(rng)
+
+
+def _backend(backend: Any) -> Any:
+    from . import backends
+
+    return backends.get(backend or "numpy") if backend is None or isinstance(backend, str) else backend
+
+
+def to_backend(host: np.ndarray, backend: Any = None, dtype: str = "float64") -> Any:
+    """Move a host array to ``backend`` (a name, a ``Backend`` or ``None`` for numpy) as ``dtype``."""
+    return _backend(backend).asarray(np.asarray(host, dtype=dtype))
+
+
+def normal(shape: tuple[int, ...], *, rng: Any, backend: Any = None, dtype: str = "float64",
+           std: float = 1.0) -> Any:
+    """iid ``N(0, std^2)`` entries of ``shape`` on ``backend``."""
+    return to_backend(std * default_rng(rng).standard_normal(shape), backend, dtype)
+
+
+def uniform(shape: tuple[int, ...], *, rng: Any, backend: Any = None, dtype: str = "float64",
+            low: float = 0.0, high: float = 1.0) -> Any:
+    """iid ``U[low, high)`` entries of ``shape`` on ``backend``."""
+    return to_backend(default_rng(rng).uniform(low, high, shape), backend, dtype)
+
+
+def like(host: np.ndarray, ref: Any) -> Any:
+    """A host array moved to the namespace, dtype and device of the array ``ref``."""
+    from ._xp import device, namespace
+
+    xp = namespace(ref)
+    return xp.asarray(np.asarray(host, dtype=np.float64), dtype=ref.dtype, device=device(ref))
