@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["default_rng", "normal", "uniform", "to_backend", "like"]
+__all__ = ["default_rng", "normal", "uniform", "orthogonal", "to_backend", "like"]
 
 
 def default_rng(rng: Any = None) -> np.random.Generator:
@@ -45,6 +45,19 @@ def uniform(shape: tuple[int, ...], *, rng: Any, backend: Any = None, dtype: str
             low: float = 0.0, high: float = 1.0) -> Any:
     """iid ``U[low, high)`` entries of ``shape`` on ``backend``."""
     return to_backend(default_rng(rng).uniform(low, high, shape), backend, dtype)
+
+
+def orthogonal(shape: tuple[int, int], *, rng: Any, backend: Any = None, dtype: str = "float64") -> Any:
+    """A Haar-distributed matrix with orthonormal rows or columns (the smaller side), by QR.
+
+    ``Q R = G`` for Gaussian ``G``; the columns of ``Q`` are multiplied by ``sign(diag R)`` so that the
+    result is uniformly distributed (Mezzadri 2007): plain ``Q`` from LAPACK is not.
+    """
+    rows, cols = shape
+    g = default_rng(rng).standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(g)
+    q = q * np.sign(np.diag(r))[None, :]
+    return to_backend(q if rows >= cols else q.T, backend, dtype)
 
 
 def like(host: np.ndarray, ref: Any) -> Any:

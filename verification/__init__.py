@@ -1,1 +1,1 @@
-"""The claims ledger: one module per paper, each claim a check returning a Verdict (see DESIGN.md)."""
+"""The claims ledger: each claim a check returning a Verdict (see _verdict.py and DESIGN.md)."""
