@@ -1,0 +1,1 @@
+"""Ratio benchmarks against peers run in the same process (never timed assertions in tests)."""
