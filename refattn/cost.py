@@ -73,8 +73,10 @@ elements of a reduction, ``M`` its number of outputs and ``L`` the length reduce
 - **Views** read and write nothing and allocate nothing: basic indexing (integers, slices,
   ``...``, ``None``), ``reshape`` (unless ``copy=True``), ``permute_dims``, ``matrix_transpose``,
   ``.mT``, ``.T``, ``expand_dims``, ``squeeze``, ``moveaxis``, ``broadcast_to``,
-  ``broadcast_arrays``, ``unstack``, ``linalg.diagonal``, and any op that returns one of its inputs
-  unchanged (``astype(x, x.dtype, copy=False)``). A view shares its base's storage: the storage is
+  ``broadcast_arrays``, ``unstack``, ``linalg.diagonal``, and ``astype`` / ``asarray`` /
+  ``to_device`` when the backend hands back the input itself (``copy=False``). Any other op
+  counts a new array even where a backend returns an existing object (NumPy's ``any`` of a NumPy
+  bool scalar returns the ``np.True_`` singleton). A view shares its base's storage: the storage is
   freed when the last view of it dies. Every other op allocates each array it returns
   (``allocations`` counts them), including ``flip`` and ``astype`` even where a backend returns a
   view, and ``reshape`` counts as a view even where the backend must copy: the convention is fixed,
@@ -1109,7 +1111,7 @@ class CountingNamespace:
             return wrapped
         first_res = res[0] if isinstance(res, (tuple, list)) and res else res
         flops, trans = rule(self, operands, first_res, bargs, bkw)
-        wrappers = list(_flat(args)) + list(_flat(kwargs.values()))
+        wrappers = (list(_flat(args)) + list(_flat(kwargs.values()))) if name in _MAY_RETURN_INPUT else ()
         wrapped, written, allocs = self._wrap_result(res, operands, wrappers, None, False)
         read = 0 if name in _NO_READ else sum(self._nbytes(o) for o in operands)
         self._counter.record(name, flops, trans, read, written, allocs)
@@ -1172,6 +1174,8 @@ class CountingNamespace:
         return CountedArray(res, self, _new_storage(self._counter, nbytes))
 
 
+# ops the standard allows to hand back their input (copy=False): then no new array is counted
+_MAY_RETURN_INPUT = frozenset(("astype", "asarray", "to_device"))
 _NO_READ = frozenset(("empty_like", "zeros_like", "ones_like", "full_like"))  # read metadata only
 _POSNAMES = {
     "where": ("condition", "x1", "x2"), "concat": ("arrays",), "stack": ("arrays",),

@@ -318,6 +318,8 @@ class _ByteModel:
         self.bias = kind == "additive"
         self.key_lengths = kind == "key_lengths"
         self.causal = causal
+        # the keep mask is an array of its own (not a view of the user's mask)
+        self.owns_keep = causal or self.key_lengths
 
     def make_mask(self, n: int, m: int) -> int:
         """Validation of the mask arguments; returns the bytes held afterwards (the cast bias)."""
@@ -402,7 +404,7 @@ def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
         bm.finish(n)
         # bound: validation temporaries + everything the dense path allocates, alive at once
         return validation + held + t.since(mark), held + b * n * (dv + 1) * w
-    w_it = w_fin = r_max = 0
+    w_it = w_fin = s_prev = r_max = 0
     for r, cols in blocks:
         r_max = max(r_max, r)
         t.op(b * r * w)  # full(mx)
@@ -410,7 +412,8 @@ def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
         t.op(b * r * dv * w)  # zeros(acc)
         for c in cols:
             mark = t.mark()
-            bm.logits(r, c, bm.mask_block(r, c))
+            keep = bm.mask_block(r, c)
+            bm.logits(r, c, keep)
             big = b * r * c * w
             t.op(b * r * w, big)  # max(s)
             t.op(b * r * w, b * r * w, b * r * w)  # maximum
@@ -426,6 +429,9 @@ def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
             t.op(b * r * dv * w, big, b * c * dv * w)  # p @ v
             t.op(b * r * dv * w, b * r * dv * w, b * r * dv * w)  # +
             w_it = max(w_it, t.since(mark))
+            # what the loop variables still hold in the next iteration: keep, s, p, shift, alpha,
+            # mx (= mx_new), l, acc
+            s_prev = max(s_prev, (keep if bm.owns_keep else 0) + 2 * big + 4 * b * r * w + b * r * dv * w)
         mark = t.mark()
         bm.finish(r)
         w_fin = max(w_fin, t.since(mark))
@@ -436,11 +442,12 @@ def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
     else:
         t.op(b * n * dv * w, b * n * dv * w)  # concat(outs)
         t.op(b * n * w, b * n * w)  # concat(lses)
-    # bound: every array alive at a time was made in the current or the previous inner iteration,
-    # or is carried: the finished blocks' results (twice: the lists and their concatenation), the
-    # current and the previous query block's initial state, the last _finish's arrays.
+    # bound: every array alive at one time is carried (the finished blocks' results, counted twice
+    # for the lists and their concatenation; the current and the previous query block's initial
+    # state), or made in the current inner iteration (or _finish), or held by a loop variable since
+    # the previous iteration.
     init = b * r_max * (dv + 2) * w
-    return validation + held + 2 * results + 2 * init + 2 * w_it + w_fin, held + results
+    return validation + held + 2 * results + 2 * init + s_prev + max(w_it, w_fin), held + results
 
 
 def _backward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
@@ -479,14 +486,15 @@ def _backward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
     key_cols = [min(j0 + bk, m) - j0 for j0 in range(0, m, bk)]
     # the key blocks each query block visits, as the backward's key-major loops meet them
     visits = [[r for r, cols in blocks if j < len(cols)] for j in range(len(key_cols))]
-    w_it = c_max = 0
+    w_it = c_max = s_prev = 0
     for c, rows in zip(key_cols, visits):
         c_max = max(c_max, c)
         t.op(b * c * d * w)  # zeros dk_j
         t.op(b * c * dv * w)  # zeros dv_j
         for r in rows:
             mark = t.mark()
-            bm.logits(r, c, bm.mask_block(r, c))
+            keep = bm.mask_block(r, c)
+            bm.logits(r, c, keep)
             big = b * r * c * w
             t.op(big, big, b * r * w)  # - lse
             t.op(big, big)  # exp
@@ -502,13 +510,16 @@ def _backward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
             t.op(b * c * d * w, b * c * d * w)  # * scale
             t.op(b * c * d * w, b * c * d * w, b * c * d * w)  # dk_j +
             w_it = max(w_it, t.since(mark))
+            # held by loop variables into the next iteration: keep, p, ds, dk_j, dv_j
+            s_prev = max(s_prev, (keep if bm.owns_keep else 0) + 2 * big + b * c * (d + dv) * w)
     grads = b * (n * d + m * d + m * dv) * w
     t.op(b * n * d * w, b * n * d * w) if n else t.op(0)  # concat(dq)
     t.op(b * m * d * w, b * m * d * w)  # concat(dks)
     t.op(b * m * dv * w, b * m * dv * w)  # concat(dvs)
-    # bound: carried (delta and its temporaries), the gradient blocks (lists and concatenations),
-    # the current and previous key block's zero-initialised accumulators, two inner iterations.
-    return carried + 2 * grads + 2 * b * c_max * (d + dv) * w + 2 * w_it
+    # bound: carried (delta and its temporaries; the gradient blocks, counted twice for the lists
+    # and their concatenations; the current key block's zero-initialised accumulators), one inner
+    # iteration's allocations, and what loop variables hold since the previous iteration.
+    return carried + 2 * grads + b * c_max * (d + dv) * w + s_prev + w_it
 
 
 def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl: str = "dense",
@@ -596,13 +607,17 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
     **Peak (upper bound).** Dense: the validation temporaries plus every array the dense path
     allocates, as if none were freed (the real peak holds about three ``(n, m)`` arrays in the
     forward pass and four in the backward; the bound counts five to seven). Blockwise: every array
-    alive at one time was made in the current or the previous inner iteration or is carried from
-    before it, so the bound is the carried arrays (finished blocks' results, counted twice for the
-    lists and their concatenation; the current and previous query block's initial state; the
-    additive mask's cast bias) plus twice the largest inner iteration's allocations plus one
-    ``_finish``; it grows like ``B n (d_v + 1)`` plus ``O(B b_q b_k)``, linearly in ``n`` for fixed
-    blocks. With ``backward=True`` the peak is the larger of the forward's and the backward's plus
-    the residuals it keeps (``out``, ``lse``, the bias).
+    alive at one time is carried from before the loops, or was made in the current inner iteration
+    (or ``_finish``), or is still held by a loop variable from the previous iteration. The bound is
+    the sum of the three: the carried arrays (finished blocks' results, counted twice for the lists
+    and their concatenation; the current and previous query block's initial state; the additive
+    mask's cast bias; in the backward pass ``delta``, the gradient blocks and the key block's
+    zero-initialised accumulators), the largest inner iteration's (or ``_finish``'s) allocations,
+    and the largest set held by loop variables (forward: ``keep, s, p, shift, alpha, mx, l, acc``;
+    backward: ``keep, p, ds, dK_J, dV_J``). It grows like ``B n (d_v + 1)`` (forward) or
+    ``B (n + m)(d + d_v)`` (backward) plus ``O(B b_q b_k)``: linearly in ``n`` for fixed blocks.
+    With ``backward=True`` the peak is the larger of the forward's and the backward's plus the
+    residuals it keeps (``out``, ``lse``, the bias).
     """
     from ..cost import Cost, Tally
 
