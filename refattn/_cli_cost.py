@@ -23,7 +23,7 @@ from typing import Any
 
 from . import random as _random
 from ._vjp import vjp
-from .cost import Cost, measure
+from .cost import Cost, _timeit, measure
 
 __all__ = ["Method", "METHODS", "add_parser", "cmd_cost"]
 
@@ -113,6 +113,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="further keyword options passed to the method")
     p.add_argument("--top", type=int, default=None, help="show only the TOP ops by flops")
+    p.add_argument("--timing", action="store_true",
+                   help="also time the call with and without counting (best of 3) and print the overhead")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_cost)
     return p
@@ -144,16 +146,16 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     arrays = (make((*batch, args.n, args.d)), make((*batch, m, args.d)), make((*batch, m, dv)))
     arrays += tuple(entry.params(sizes, make)) if entry.params else ()
+    kwargs: dict[str, Any] = dict(opts)
     if args.backward:
-        dout = make((*batch, args.n, dv))
+        kwargs = {"dout": make((*batch, args.n, dv))}
 
         def run(*arrs: Any, dout: Any) -> Any:
             out, pullback = vjp(fn, *arrs, **opts)
             return pullback(dout)
-
-        counted = measure(run, *arrays, dout=dout)
     else:
-        counted = measure(fn, *arrays, **opts)
+        run = fn
+    counted = measure(run, *arrays, **kwargs)
     what = "forward + backward" if args.backward else "forward"
     shown = ", ".join(f"{k}={v}" for k, v in opts.items())
     print(f"{args.method} ({entry.target}), {what}, batch={args.batch} heads={args.heads} n={args.n} "
@@ -166,4 +168,9 @@ def cmd_cost(args: argparse.Namespace) -> int:
         print(f"closed form: flops {closed.flops:,} ({flops_ok} counted), transcendentals "
               f"{closed.transcendentals:,}, peak bound {closed.peak_bytes:,} bytes "
               f"(counted peak is {counted.peak_bytes / max(closed.peak_bytes, 1):.0%} of it)")
+    if args.timing:
+        plain = _timeit(lambda: run(*arrays, **kwargs))
+        with_count = _timeit(lambda: measure(run, *arrays, **kwargs))
+        print(f"time (best of 3): {1e3 * plain:.2f} ms plain, {1e3 * with_count:.2f} ms counted: "
+              f"counting overhead x{with_count / plain:.2f}")
     return 0

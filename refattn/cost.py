@@ -82,8 +82,9 @@ elements of a reduction, ``M`` its number of outputs and ``L`` the length reduce
   view, and ``reshape`` counts as a view even where the backend must copy: the convention is fixed,
   not backend-dependent.
 - ``peak_bytes``: the maximum, over the run, of the bytes held by arrays created inside it that are
-  still alive (storage added on creation and removed by a ``weakref.finalize`` on the storage when
-  its last view dies; views count once; inputs, and views of inputs, not at all). CPython's
+  still alive (a storage record shared by an array and its views adds its bytes on creation and
+  removes them in its finalizer, ``__del__``, when the last view dies -- what a ``weakref.finalize``
+  would do, at a fifth of the cost; views count once; inputs, and views of inputs, not at all). CPython's
   reference counting frees temporaries as soon as the expression that made them is done, so the
   count is deterministic; it is the live storage of the *array API program*, not of the backend's
   allocator (which may fuse, cache or copy).
@@ -97,7 +98,6 @@ from __future__ import annotations
 import math
 import operator
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -383,16 +383,24 @@ class _Counter:
 
 
 class _Storage:
-    """The storage behind a counted array and all its views (``weakref.finalize`` frees it)."""
+    """The storage behind a counted array and all its views: its bytes join the live total when it
+    is made and leave it in its finalizer (``__del__``), when the last view of it dies."""
 
-    __slots__ = ("__weakref__",)
+    __slots__ = ("counter", "nbytes")
+
+    def __init__(self, counter: _Counter, nbytes: int) -> None:
+        self.counter = counter
+        self.nbytes = nbytes
+        counter.live += nbytes
+        if counter.live > counter.peak:
+            counter.peak = counter.live
+
+    def __del__(self) -> None:
+        self.counter.live -= self.nbytes
 
 
 def _new_storage(counter: _Counter, nbytes: int) -> _Storage:
-    s = _Storage()
-    counter.alloc(nbytes)
-    weakref.finalize(s, counter.release, nbytes)
-    return s
+    return _Storage(counter, nbytes)
 
 
 _SCALARS = (bool, int, float, complex)
@@ -1016,17 +1024,22 @@ class CountingNamespace:
         return math.prod(a.shape)
 
     def _nbytes(self, a: Any) -> int:
-        return math.prod(a.shape) * self._itemsize(a.dtype)
+        dt = a.dtype
+        try:
+            return math.prod(a.shape) * self._itemsize_cache[dt]
+        except KeyError:
+            return math.prod(a.shape) * self._itemsize(dt)
 
     # -- wrapping ----------------------------------------------------------------------------
     def _wrap_input(self, a: Any) -> CountedArray:
         return CountedArray(a, self, None)
 
-    def _unwrap(self, x: Any, argname: str, op: str, operands: list[Any] | None = None) -> Any:
+    def _unwrap(self, x: Any, argname: Any, op: str, operands: list[Any] | None = None) -> Any:
+        """The backend object behind ``x``; ``argname`` is a str or a lazy ``(names, index)``."""
         if type(x) is CountedArray:
             if x._ns is not self:
-                msg = (f"{op}: argument {argname} is a counted array of another count context "
-                       f"({x._ns.__name__}, not {self.__name__})")
+                msg = (f"{op}: argument {_name_of(argname)} is a counted array of another count "
+                       f"context ({x._ns.__name__}, not {self.__name__})")
                 raise TypeError(msg)
             if operands is not None:
                 operands.append(x._a)
@@ -1034,10 +1047,10 @@ class CountingNamespace:
         if x is None or isinstance(x, _SCALARS):
             return x
         if isinstance(x, (list, tuple)):
-            return type(x)(self._unwrap(e, f"{argname}[{i}]", op, operands) for i, e in enumerate(x))
+            return type(x)(self._unwrap(e, f"{_name_of(argname)}[{i}]", op, operands) for i, e in enumerate(x))
         if _is_foreign_array(x):
-            msg = (f"{op}: argument {argname} is an uncounted array ({_describe(x)}) mixed with "
-                   f"counted ones; wrap every array with refattn.cost.count().wrap or pass it to "
+            msg = (f"{op}: argument {_name_of(argname)} is an uncounted array ({_describe(x)}) mixed "
+                   f"with counted ones; wrap every array with refattn.cost.count().wrap or pass it to "
                    "refattn.cost.measure")
             raise TypeError(msg)
         return x
@@ -1092,10 +1105,14 @@ class CountingNamespace:
     def _call(self, name: str, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any],
               rule: Any, names: Sequence[str] | None = None) -> Any:
         operands: list[Any] = []
-        if names is None:
-            names = _POSNAMES.get(name) or (("x",) if len(args) == 1 else tuple(f"x{i + 1}" for i in range(len(args))))
-        bargs = [self._unwrap(a, _argname(names, i), name, operands) for i, a in enumerate(args)]
-        bkw = {k: self._unwrap(v, k, name, operands) for k, v in kwargs.items()}
+        bargs = []
+        for i, a in enumerate(args):  # the common case inline: counted arrays of this namespace
+            if type(a) is CountedArray and a._ns is self:
+                operands.append(a._a)
+                bargs.append(a._a)
+            else:
+                bargs.append(self._unwrap(a, (names or _POSNAMES.get(name), i, len(args)), name, operands))
+        bkw = {k: self._unwrap(v, k, name, operands) for k, v in kwargs.items()} if kwargs else {}
         res = fn(*bargs, **bkw)
         if res is NotImplemented:
             return res
@@ -1109,11 +1126,22 @@ class CountingNamespace:
                 wrapped = self._wrap_result(res, operands, (), first._st if first is not None else None, True)[0]
             self._counter.record(name, 0, 0, 0, 0, 0)
             return wrapped
-        first_res = res[0] if isinstance(res, (tuple, list)) and res else res
-        flops, trans = rule(self, operands, first_res, bargs, bkw)
-        wrappers = (list(_flat(args)) + list(_flat(kwargs.values()))) if name in _MAY_RETURN_INPUT else ()
-        wrapped, written, allocs = self._wrap_result(res, operands, wrappers, None, False)
-        read = 0 if name in _NO_READ else sum(self._nbytes(o) for o in operands)
+        nbytes = self._nbytes
+        read = 0
+        if name not in _NO_READ:
+            for o in operands:
+                read += nbytes(o)
+        if isinstance(res, (tuple, list)):
+            flops, trans = rule(self, operands, res[0] if res else None, bargs, bkw)
+            wrapped, written, allocs = self._wrap_result(res, operands, (), None, False)
+        else:
+            flops, trans = rule(self, operands, res, bargs, bkw)
+            if name in _MAY_RETURN_INPUT and any(type(w) is CountedArray and w._a is res for w in args):
+                wrapped = next(w for w in args if type(w) is CountedArray and w._a is res)
+                written = allocs = 0
+            else:
+                written, allocs = nbytes(res), 1
+                wrapped = CountedArray(res, self, _Storage(self._counter, written))
         self._counter.record(name, flops, trans, read, written, allocs)
         return wrapped
 
@@ -1185,7 +1213,13 @@ _POSNAMES = {
 }
 
 
-def _argname(names: Sequence[str], i: int) -> str:
+def _name_of(where: Any) -> str:
+    """An argument's name for messages: a str, or ``(names, index, nargs)`` resolved lazily."""
+    if isinstance(where, str):
+        return where
+    names, i, nargs = where
+    if names is None:
+        names = ("x",) if nargs == 1 else tuple(f"x{j + 1}" for j in range(nargs))
     if names == ("*arrays",):
         return f"arrays[{i}]"
     if i < len(names):

@@ -533,10 +533,11 @@ def test_bad_arguments_of_the_helpers():
 
 def test_cli_cost_table(capsys):
     assert cli_main(["cost", "softmax", "--n", "32", "--d", "8", "--heads", "2", "--impl", "blockwise",
-                     "--block-q", "8", "--block-k", "16", "--causal", "--backward"]) == 0
+                     "--block-q", "8", "--block-k", "16", "--causal", "--backward", "--timing"]) == 0
     text = capsys.readouterr().out
     assert "matmul" in text and "TOTAL" in text
     closed = sm.cost((1, 2), 32, 32, 8, 8, impl="blockwise", backward=True, causal=True, block_q=8, block_k=16)
     assert f"closed form: flops {closed.flops:,} (== counted)" in text
+    assert "counting overhead" in text
     with pytest.raises(SystemExit, match="unknown method"):
         cli_main(["cost", "nope", "--n", "8"])
