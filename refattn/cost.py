@@ -88,9 +88,19 @@ elements of a reduction, ``M`` its number of outputs and ``L`` the length reduce
   reference counting frees temporaries as soon as the expression that made them is done, so the
   count is deterministic; it is the live storage of the *array API program*, not of the backend's
   allocator (which may fuse, cache or copy).
+- Conversions ``bool() float() int() complex() operator.index()`` read the array's bytes; they
+  compute and allocate nothing.
 - Per op, the counter records ``calls``, flops, transcendentals, bytes, allocations and (in the
   per-op record's ``peak_bytes``) the largest live total seen right after an op of that kind, which
   shows where the peak is reached.
+
+Writing a method's closed form
+------------------------------
+State ``flops`` and ``transcendentals`` as formulas in the docstring (count what the code does,
+including mask handling and every ``where``-guard), use :func:`linalg_flops` for decompositions,
+tally bytes with :class:`Tally` if the model should be exact for them, and test with
+:func:`assert_counted_matches` (``exact=("flops", "transcendentals")``, ``upper=("peak_bytes",)``
+where the peak is a bound). ``refattn.methods.softmax.cost`` is the worked example.
 """
 
 from __future__ import annotations

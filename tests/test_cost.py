@@ -264,6 +264,10 @@ def _conformance_cases(xp):
             a[xp.asarray([2, 0], device=a.device), xp.asarray([1, 3], device=a.device)]),
          (x, y)),
     ]
+    if hasattr(xp.linalg, "norm"):  # NumPy's norm (not in the standard): counted as what it computes
+        cases.append(("linalg.norm", lambda xp, g: (xp.linalg.norm(g), xp.linalg.norm(g, axis=1),
+                                                    xp.linalg.norm(g, ord=1, axis=0),
+                                                    xp.linalg.norm(g, ord="fro")), (sq,)))
     return cases
 
 
@@ -433,6 +437,24 @@ def test_views_storage_and_peak():
     assert c.cost.allocations == 4
     assert c.cost.per_op["getitem"].bytes_read == 0
     assert v.shape == (10,)
+
+
+def test_count_with_a_backend_and_host_conversions():
+    """count(backend).namespace() creates counted arrays; host data enters by asarray / refattn.random
+    .like (a creation, not a mix); to_device to the array's own device hands back the array itself
+    in NumPy, which the conventions count as no new array."""
+    be = refattn.backends.get("numpy")
+    with count(be) as c:
+        xp = c.namespace()
+        z = xp.zeros((3, 4))
+        h = refattn.random.like(np.ones((3, 4)), z)
+        moved = h.to_device(h.device)
+        norms = xp.linalg.norm(moved, axis=1)
+    assert isinstance(h, rc.CountedArray) and isinstance(norms, rc.CountedArray)
+    ops = c.cost.per_op
+    assert ops["asarray"].allocations == 1 and ops["asarray"].bytes_written == 96
+    assert ops["to_device"].bytes_written == 0 and ops["to_device"].allocations == 0 and moved is h
+    assert ops["linalg.norm"].flops == 12 + 3 * 3 and ops["linalg.norm"].transcendentals == 3
 
 
 def test_cost_table_and_addition():
