@@ -590,7 +590,7 @@ _COMPARISONS = [("eq", "equal", operator.eq), ("ne", "not_equal", operator.ne),
                 ("gt", "greater", operator.gt), ("ge", "greater_equal", operator.ge)]
 
 
-def _make_binary(op_name: str, fn: Callable[[Any, Any], Any], rule_name: str) -> tuple[Any, Any, Any]:
+def _make_binary(op_name: str, fn: Callable[[Any, Any], Any], rule_name: str) -> tuple[Any, Any]:
     def forward(self: CountedArray, other: Any) -> Any:
         ns = self._ns
         if not _operand_ok(other):
@@ -603,7 +603,7 @@ def _make_binary(op_name: str, fn: Callable[[Any, Any], Any], rule_name: str) ->
             return NotImplemented
         return ns._call(op_name, fn, (other, self), {}, _RULES[rule_name], names=("other", "self"))
 
-    return forward, reflected, None
+    return forward, reflected
 
 
 def _operand_ok(other: Any) -> bool:
@@ -1246,7 +1246,7 @@ def _flat(xs: Iterable[Any]) -> Iterable[Any]:
 
 
 for _meth, _name, _fn, _rule in _BINARY_OPERATORS:
-    _f, _r, _ = _make_binary(_name, _fn, _rule)
+    _f, _r = _make_binary(_name, _fn, _rule)
     setattr(CountedArray, f"__{_meth}__", _f)
     setattr(CountedArray, f"__r{_meth}__", _r)
     setattr(CountedArray, f"__i{_meth}__", _make_inplace(_name, _INPLACE[_meth], _rule))
