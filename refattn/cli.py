@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="backends found here, and a forward+backward check of each")
     p.set_defaults(func=cmd_info)
+    from ._cli_cost import add_parser as add_cost_parser  # `refattn cost METHOD --n N ...`
+
+    add_cost_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -39,11 +39,11 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from .._masks import MaskSpec, make_mask, mask_block
+from .._masks import MaskSpec, _causal_offset, make_mask, mask_block
 from .._vjp import defvjp
 from .._xp import check_positive_int, compute_dtype, device, resolve_scale, unbroadcast, validate_qkv
 
-__all__ = ["softmax_attention", "forward", "backward", "Residuals", "Grads", "IMPLS",
+__all__ = ["softmax_attention", "forward", "backward", "cost", "Residuals", "Grads", "IMPLS",
            "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K", "AUTO_DENSE_LIMIT_BYTES"]
 
 IMPLS = ("auto", "dense", "blockwise")
@@ -285,3 +285,391 @@ def softmax_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
     """
     return forward(q, k, v, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
                    impl=impl, block_q=block_q, block_k=block_k, check_finite=check_finite)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Closed-form cost
+# ------------------------------------------------------------------------------------------------
+
+MASK_KINDS = (False, True, "bool", "additive", "key_lengths")
+
+
+def _visited_blocks(n: int, m: int, bq: int, bk: int, offset: int | None) -> list[tuple[int, list[int]]]:
+    """``[(rows, [cols of each key block visited]) for each query block]``, as the loops run."""
+    spec = MaskSpec(None, None, offset, None, n, m)
+    out = []
+    for i0 in range(0, n, bq):
+        i1 = min(i0 + bq, n)
+        cols = []
+        for j0 in range(0, m, bk):
+            if _block_skipped(spec, i0, i1, j0):
+                break
+            cols.append(min(j0 + bk, m) - j0)
+        out.append((i1 - i0, cols))
+    return out
+
+
+class _ByteModel:
+    """The bytes and allocations of the softmax code, op by op (see :func:`cost`)."""
+
+    def __init__(self, tally: Any, b: int, d: int, dv: int, w: int, kind: Any, causal: bool) -> None:
+        self.t, self.b, self.d, self.dv, self.w = tally, b, d, dv, w
+        self.bool_mask = kind in (True, "bool")
+        self.bias = kind == "additive"
+        self.key_lengths = kind == "key_lengths"
+        self.causal = causal
+        # the keep mask is an array of its own (not a view of the user's mask)
+        self.owns_keep = causal or self.key_lengths
+
+    def make_mask(self, n: int, m: int) -> int:
+        """Validation of the mask arguments; returns the bytes held afterwards (the cast bias)."""
+        t, b, w = self.t, self.b, self.w
+        if self.bias:
+            for _ in range(2):  # any(isnan(mask)), any(mask == inf), each with bool()
+                t.op(b * n * m, b * n * m * w)
+                t.op(1, b * n * m)
+                t.read(1)
+            return t.op(b * n * m * w, b * n * m * w)  # astype(mask, dtype): the bias, held
+        if self.key_lengths:
+            for _ in range(2):  # any(key_lengths < 0), any(key_lengths > m)
+                t.op(b, 8 * b)
+                t.op(1, b)
+                t.read(1)
+        return 0
+
+    def mask_block(self, r: int, c: int) -> int | None:
+        """Returns the keep mask's bytes (None: no keep mask)."""
+        t, b = self.t, self.b
+        keep = b * r * c if self.bool_mask else None  # a view of the user's mask
+        if self.causal:
+            t.op(8 * r)  # arange(i0, i1)
+            t.op(8 * c)  # arange(j0, j1)
+            t.op(8 * r, 8 * r)  # i + offset
+            t.op(r * c, 8 * c, 8 * r)  # j <= i + offset
+            keep = r * c if keep is None else t.op(b * r * c, keep, r * c)
+        if self.key_lengths:
+            t.op(8 * c)  # arange(j0, j1)
+            t.op(8 * b, 8 * b)  # astype(key_lengths, int64)
+            t.op(b * c, 8 * c, 8 * b)  # j < lengths[..., None, None]
+            keep = b * c if keep is None else t.op(b * r * c, keep, b * c)
+        return keep
+
+    def logits(self, r: int, c: int, keep: int | None) -> None:
+        t, b, d, w = self.t, self.b, self.d, self.w
+        big = b * r * c * w
+        t.op(big, b * r * d * w, b * c * d * w)  # q @ k^T
+        t.op(big, big)  # * scale
+        if self.bias:
+            t.op(big, big, big)  # + bias
+        if keep is not None:
+            t.op(big, keep, big)  # where(keep, s, -inf)
+
+    def safe(self, rows: int) -> None:
+        t, w = self.t, self.w
+        t.op(rows, rows * w)  # isfinite
+        t.op(rows * w, rows, rows * w)  # where
+
+    def finish(self, r: int) -> None:
+        t, b, dv, w = self.t, self.b, self.dv, self.w
+        t.op(b * r, b * r * w)  # l > 0
+        t.op(b * r * w, b * r, b * r * w)  # where(pos, l, 1)
+        t.op(b * r * dv * w, b * r * dv * w, b * r * w)  # acc / l1
+        self.safe(b * r)
+        t.op(b * r * w, b * r * w)  # log(l1)
+        t.op(b * r * w, b * r * w, b * r * w)  # +
+        t.op(b * r * w, b * r, b * r * w)  # where(pos, ., -inf)
+
+
+def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
+                   blocks: list[tuple[int, list[int]]]) -> tuple[int, int]:
+    """Tally the forward pass; returns ``(peak bound, bytes held by the residuals)``."""
+    t, b, dv, w = bm.t, bm.b, bm.dv, bm.w
+    start = t.mark()
+    held = bm.make_mask(n, m)
+    validation = t.since(start)
+    if m == 0:
+        t.op(b * n * dv * w)
+        t.op(b * n * w)
+        return validation + b * n * (dv + 1) * w, held + b * n * (dv + 1) * w
+    if impl == "dense":
+        mark = t.mark()
+        bm.logits(n, m, bm.mask_block(n, m))
+        big = b * n * m * w
+        t.op(b * n * w, big)  # max
+        bm.safe(b * n)
+        t.op(big, big, b * n * w)  # s - shift
+        t.op(big, big)  # exp
+        t.op(b * n * w, big)  # sum
+        t.op(b * n * dv * w, big, b * m * dv * w)  # p @ v
+        bm.finish(n)
+        # bound: validation temporaries + everything the dense path allocates, alive at once
+        return validation + held + t.since(mark), held + b * n * (dv + 1) * w
+    w_it = w_fin = s_prev = r_max = 0
+    for r, cols in blocks:
+        r_max = max(r_max, r)
+        t.op(b * r * w)  # full(mx)
+        t.op(b * r * w)  # zeros(l)
+        t.op(b * r * dv * w)  # zeros(acc)
+        for c in cols:
+            mark = t.mark()
+            keep = bm.mask_block(r, c)
+            bm.logits(r, c, keep)
+            big = b * r * c * w
+            t.op(b * r * w, big)  # max(s)
+            t.op(b * r * w, b * r * w, b * r * w)  # maximum
+            bm.safe(b * r)
+            t.op(b * r * w, b * r * w, b * r * w)  # mx - shift
+            t.op(b * r * w, b * r * w)  # exp
+            t.op(big, big, b * r * w)  # s - shift
+            t.op(big, big)  # exp
+            t.op(b * r * w, b * r * w, b * r * w)  # alpha * l
+            t.op(b * r * w, big)  # sum(p)
+            t.op(b * r * w, b * r * w, b * r * w)  # +
+            t.op(b * r * dv * w, b * r * w, b * r * dv * w)  # alpha * acc
+            t.op(b * r * dv * w, big, b * c * dv * w)  # p @ v
+            t.op(b * r * dv * w, b * r * dv * w, b * r * dv * w)  # +
+            w_it = max(w_it, t.since(mark))
+            # what the loop variables still hold in the next iteration: keep, s, p, shift, alpha,
+            # mx (= mx_new), l, acc
+            s_prev = max(s_prev, (keep if bm.owns_keep else 0) + 2 * big + 4 * b * r * w + b * r * dv * w)
+        mark = t.mark()
+        bm.finish(r)
+        w_fin = max(w_fin, t.since(mark))
+    results = b * n * (dv + 1) * w
+    if n == 0:
+        t.op(0)
+        t.op(0)
+    else:
+        t.op(b * n * dv * w, b * n * dv * w)  # concat(outs)
+        t.op(b * n * w, b * n * w)  # concat(lses)
+    # bound: every array alive at one time is carried (the finished blocks' results, counted twice
+    # for the lists and their concatenation; the current and the previous query block's initial
+    # state), or made in the current inner iteration (or _finish), or held by a loop variable since
+    # the previous iteration.
+    init = b * r_max * (dv + 2) * w
+    return validation + held + 2 * results + 2 * init + s_prev + max(w_it, w_fin), held + results
+
+
+def _backward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
+                    blocks: list[tuple[int, list[int]]], bk: int) -> int:
+    """Tally the backward pass; returns the bound on its own peak (residuals excluded)."""
+    t, b, d, dv, w = bm.t, bm.b, bm.d, bm.dv, bm.w
+    mark0 = t.mark()
+    if m == 0:
+        t.op(b * n * d * w)
+        t.op(0)
+        t.op(0)
+        return t.since(mark0)
+    if impl == "dense":
+        bm.logits(n, m, bm.mask_block(n, m))
+        big = b * n * m * w
+        bm.safe(b * n)  # _safe(lse)
+        t.op(big, big, b * n * w)  # s - lse
+        t.op(big, big)  # exp
+        t.op(b * n * dv * w, b * n * dv * w, b * n * dv * w)  # out * dout
+        t.op(b * n * w, b * n * dv * w)  # sum -> delta
+        t.op(b * m * dv * w, big, b * n * dv * w)  # p^T @ dout
+        t.op(big, b * n * dv * w, b * m * dv * w)  # dout @ v^T
+        t.op(big, big, b * n * w)  # - delta
+        t.op(big, big, big)  # p * (...)
+        t.op(b * n * d * w, big, b * m * d * w)  # ds @ k
+        t.op(b * n * d * w, b * n * d * w)  # * scale
+        t.op(b * m * d * w, big, b * n * d * w)  # ds^T @ q
+        t.op(b * m * d * w, b * m * d * w)  # * scale
+        return t.since(mark0)
+    t.op(b * n * dv * w, b * n * dv * w, b * n * dv * w)  # out * dout
+    t.op(b * n * w, b * n * dv * w)  # sum -> delta
+    bm.safe(b * n)  # _safe(lse)
+    carried = t.since(mark0)
+    for r, _ in blocks:
+        t.op(b * r * d * w)  # zeros dq blocks
+    key_cols = [min(j0 + bk, m) - j0 for j0 in range(0, m, bk)]
+    # the key blocks each query block visits, as the backward's key-major loops meet them
+    visits = [[r for r, cols in blocks if j < len(cols)] for j in range(len(key_cols))]
+    w_it = c_max = s_prev = 0
+    for c, rows in zip(key_cols, visits):
+        c_max = max(c_max, c)
+        t.op(b * c * d * w)  # zeros dk_j
+        t.op(b * c * dv * w)  # zeros dv_j
+        for r in rows:
+            mark = t.mark()
+            keep = bm.mask_block(r, c)
+            bm.logits(r, c, keep)
+            big = b * r * c * w
+            t.op(big, big, b * r * w)  # - lse
+            t.op(big, big)  # exp
+            t.op(b * c * dv * w, big, b * r * dv * w)  # p^T @ dout
+            t.op(b * c * dv * w, b * c * dv * w, b * c * dv * w)  # dv_j +
+            t.op(big, b * r * dv * w, b * c * dv * w)  # dout @ v^T
+            t.op(big, big, b * r * w)  # - delta
+            t.op(big, big, big)  # p * (...)
+            t.op(b * r * d * w, big, b * c * d * w)  # ds @ k
+            t.op(b * r * d * w, b * r * d * w)  # * scale
+            t.op(b * r * d * w, b * r * d * w, b * r * d * w)  # dq[b] +
+            t.op(b * c * d * w, big, b * r * d * w)  # ds^T @ q
+            t.op(b * c * d * w, b * c * d * w)  # * scale
+            t.op(b * c * d * w, b * c * d * w, b * c * d * w)  # dk_j +
+            w_it = max(w_it, t.since(mark))
+            # held by loop variables into the next iteration: keep, p, ds, dk_j, dv_j
+            s_prev = max(s_prev, (keep if bm.owns_keep else 0) + 2 * big + b * c * (d + dv) * w)
+    grads = b * (n * d + m * d + m * dv) * w
+    t.op(b * n * d * w, b * n * d * w) if n else t.op(0)  # concat(dq)
+    t.op(b * m * d * w, b * m * d * w)  # concat(dks)
+    t.op(b * m * dv * w, b * m * dv * w)  # concat(dvs)
+    # bound: carried (delta and its temporaries; the gradient blocks, counted twice for the lists
+    # and their concatenations; the current key block's zero-initialised accumulators), one inner
+    # iteration's allocations, and what loop variables hold since the previous iteration.
+    return carried + 2 * grads + b * c_max * (d + dv) * w + s_prev + w_it
+
+
+def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl: str = "dense",
+         backward: bool = False, causal: bool | str = False, masked: Any = False,
+         block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, dtype_bytes: int = 8) -> Any:
+    r"""Closed-form cost of :func:`forward` (and, with ``backward=True``, of :func:`forward` followed
+    by :func:`backward`), per the conventions of :mod:`refattn.cost`.
+
+    Parameters
+    ----------
+    batch : int or tuple of int
+        The leading (batch, heads) shape or its product ``B``; ``q``, ``k``, ``v`` (and ``dout``)
+        are assumed to have it in full (no broadcasting).
+    n, m, d, dv : int
+        ``q (B, n, d)``, ``k (B, m, d)``, ``v (B, m, dv)``.
+    impl : {"dense", "blockwise"}
+    backward : bool
+        Add the backward pass (run on the forward's residuals, as ``refattn.vjp`` does).
+    causal : bool or {"top_left", "bottom_right"}
+    masked : {False, True or "bool", "additive", "key_lengths"}
+        The kind of ``mask`` / ``key_lengths`` argument. For the byte model a boolean or additive
+        mask has the full shape ``(*batch, n, m)``, ``key_lengths`` the shape ``batch`` and dtype
+        int64.
+    block_q, block_k : int
+        Block sizes of the blockwise path.
+    dtype_bytes : int
+        Item size of the working dtype (8 for float64, 4 for float32; half-precision inputs are
+        computed in float32, and their casts are not modelled).
+
+    Returns
+    -------
+    Cost
+        ``flops`` and ``transcendentals`` **exact**: equal to the counted run for every shape, mask
+        and block size (the tests check it over a hypothesis sweep). ``bytes_read``,
+        ``bytes_written`` and ``allocations`` are **exact** under the shape assumptions above
+        (they are tallied op by op, mirroring the code; also tested). ``peak_bytes`` is an **upper
+        bound** derived below (the tests check ``counted <= bound``).
+
+    Notes
+    -----
+    **Blocks.** The blockwise path visits the pairs ``(I, J)`` of a query block of ``r_I`` rows and
+    a key block of ``c_J`` columns that are not wholly above the causal diagonal (all pairs without
+    ``causal``; the dense path is the single pair ``(n, m)``). Let
+
+    .. math:: A = \sum_{(I,J)} r_I c_J, \qquad R = \sum_{(I,J)} r_I, \qquad C = \sum_{(I,J)} c_J
+
+    (without ``causal``: ``A = n m``, ``R = n \lceil m / b_k \rceil``, ``C = m \lceil n / b_q \rceil``),
+    and ``beta = 1`` for an additive mask (the ``+ bias``), else 0. Boolean, causal and key-length
+    masks cost no flops (``where`` and comparisons). Every count is per batch element; multiply by
+    ``B``. If ``m == 0`` both passes only create zeros: 0 flops.
+
+    *Dense forward.* ``2 n m d`` (``Q K^T``) ``+ n m (1 + beta)`` (scale, bias) ``+ n (m - 1)`` (row
+    max) ``+ n m`` (``S - max``) ``+ n (m - 1)`` (row sum) ``+ 2 n m d_v`` (``P V``) ``+ n d_v + n``
+    (``_finish``: ``acc / l`` and ``max + log l``):
+
+    .. math:: F = 2 n m (d + d_v) + (4 + \beta) n m + n d_v - n, \qquad T = n m + n
+
+    transcendentals (``exp`` of the logits, ``log l``).
+
+    *Blockwise forward.* Per visited block ``2 r c (d + d_v) + (4 + beta) r c`` as above, plus the
+    online-softmax rescaling ``r`` (``maximum``) ``+ r`` (``m_old - m_new``) ``+ 2 r`` (``alpha l +
+    sum``) ``+ 2 r d_v`` (``alpha acc + P V``) minus ``2 r`` (the two row reductions give ``c - 1``
+    per row); ``_finish`` once per query block:
+
+    .. math:: F = 2 A (d + d_v) + (4 + \beta) A + 2 R (1 + d_v) + n (d_v + 1), \qquad
+              T = A + R + n
+
+    (``exp`` of each block's logits and of ``m_old - m_new``, ``log l``).
+
+    *Dense backward.* Logits again ``2 n m d + (1 + beta) n m``, ``S - L`` ``n m``, ``delta = sum(O
+    * dO)`` ``n d_v + n max(d_v - 1, 0)``, ``dV = P^T dO`` and ``dP = dO V^T`` ``2 n m d_v`` each,
+    ``dS = P (dP - delta)`` ``2 n m``, ``dQ = s dS K`` ``2 n m d + n d``, ``dK = s dS^T Q``
+    ``2 n m d + m d``:
+
+    .. math:: F = 6 n m d + 4 n m d_v + (4 + \beta) n m + n d_v + n \max(d_v - 1, 0) + n d + m d,
+              \qquad T = n m .
+
+    *Blockwise backward.* ``delta`` once, then per visited block the dense terms with ``(r, c)``,
+    the ``* scale`` of ``dQ_I`` / ``dK_J`` blocks (``r d``, ``c d``) and the accumulations
+    ``dQ_I +`` (``r d``), ``dK_J +`` (``c d``), ``dV_J +`` (``c d_v``):
+
+    .. math:: F = 6 A d + 4 A d_v + (4 + \beta) A + 2 R d + C (2 d + d_v) + n d_v
+              + n \max(d_v - 1, 0), \qquad T = A .
+
+    **Peak (upper bound).** Dense: the validation temporaries plus every array the dense path
+    allocates, as if none were freed (the real peak holds about three ``(n, m)`` arrays in the
+    forward pass and four in the backward; the bound counts five to seven). Blockwise: every array
+    alive at one time is carried from before the loops, or was made in the current inner iteration
+    (or ``_finish``), or is still held by a loop variable from the previous iteration. The bound is
+    the sum of the three: the carried arrays (finished blocks' results, counted twice for the lists
+    and their concatenation; the current and previous query block's initial state; the additive
+    mask's cast bias; in the backward pass ``delta``, the gradient blocks and the key block's
+    zero-initialised accumulators), the largest inner iteration's (or ``_finish``'s) allocations,
+    and the largest set held by loop variables (forward: ``keep, s, p, shift, alpha, mx, l, acc``;
+    backward: ``keep, p, ds, dK_J, dV_J``). It grows like ``B n (d_v + 1)`` (forward) or
+    ``B (n + m)(d + d_v)`` (backward) plus ``O(B b_q b_k)``: linearly in ``n`` for fixed blocks.
+    With ``backward=True`` the peak is the larger of the forward's and the backward's plus the
+    residuals it keeps (``out``, ``lse``, the bias).
+    """
+    from ..cost import Cost, Tally
+
+    for name, val in (("n", n), ("m", m), ("d", d), ("dv", dv)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            msg = f"{name} must be a non-negative integer, got {val!r}"
+            raise ValueError(msg)
+    shape = (batch,) if isinstance(batch, int) and not isinstance(batch, bool) else tuple(batch)
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
+        msg = f"batch must be a non-negative integer or a tuple of them, got {batch!r}"
+        raise ValueError(msg)
+    if impl not in ("dense", "blockwise"):
+        msg = f"impl must be 'dense' or 'blockwise' (resolve 'auto' first), got {impl!r}"
+        raise ValueError(msg)
+    if masked not in MASK_KINDS:
+        msg = f"masked must be one of {MASK_KINDS}, got {masked!r}"
+        raise ValueError(msg)
+    check_positive_int("block_q", block_q)
+    check_positive_int("block_k", block_k)
+    check_positive_int("dtype_bytes", dtype_bytes)
+    b = math.prod(shape)
+    offset = _causal_offset(causal, n, m)
+    beta = 1 if masked == "additive" else 0
+    if impl == "dense":
+        blocks = [(n, [m])] if n else []
+        bq, bk = max(n, 1), max(m, 1)
+    else:
+        bq, bk = block_q, block_k
+        blocks = _visited_blocks(n, m, bq, bk, offset)
+    big_a = sum(r * c for r, cols in blocks for c in cols)
+    big_r = sum(r * len(cols) for r, cols in blocks)
+    big_c = sum(sum(cols) for _, cols in blocks)
+    flops = trans = 0
+    if m > 0:
+        if impl == "dense":
+            flops = 2 * n * m * (d + dv) + (4 + beta) * n * m + n * dv - n
+            trans = n * m + n
+        else:
+            flops = 2 * big_a * (d + dv) + (4 + beta) * big_a + 2 * big_r * (1 + dv) + n * (dv + 1)
+            trans = big_a + big_r + n
+        if backward:
+            flops += n * dv + n * max(dv - 1, 0)
+            if impl == "dense":
+                flops += 6 * n * m * d + 4 * n * m * dv + (4 + beta) * n * m + n * d + m * d
+                trans += n * m
+            else:
+                flops += 6 * big_a * d + 4 * big_a * dv + (4 + beta) * big_a + 2 * big_r * d + big_c * (2 * d + dv)
+                trans += big_a
+    tally = Tally()
+    bm = _ByteModel(tally, b, d, dv, dtype_bytes, masked, offset is not None)
+    peak, residuals = _forward_bytes(bm, n, m, impl, blocks)
+    if backward:
+        peak = max(peak, residuals + _backward_bytes(bm, n, m, impl, blocks, bk))
+    return Cost(flops=b * flops, transcendentals=b * trans, bytes_read=tally.bytes_read,
+                bytes_written=tally.bytes_written, allocations=tally.allocations, peak_bytes=peak)
