@@ -128,7 +128,7 @@ def _relu(xp: Any, x: Any) -> Any:
 
 
 def _relu_grad(xp: Any, x: Any, y: Any) -> Any:
-    return xp.where(x > 0, 1.0, 0.0)
+    return xp.astype(x > 0, x.dtype)
 
 
 def _identity(xp: Any, x: Any) -> Any:
