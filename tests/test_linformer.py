@@ -16,6 +16,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
 import refattn
@@ -137,6 +139,33 @@ def test_key_padding_is_applied_before_projection(backend, fn):
     grads = pb(xp.ones_like(out))
     assert bool(xp.all(out[0, ...] == 0.0))
     assert all(bool(xp.all(g[0, ...] == 0.0)) for g in grads[:3])
+
+
+@given(n=st.integers(1, 8), m=st.integers(1, 8), kfrac=st.floats(0.0, 1.0), d=st.integers(1, 4),
+       dv=st.integers(1, 3), heads=st.integers(1, 3), per_head=st.booleans(), pad=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_property_matches_explicit(n, m, kfrac, d, dv, heads, per_head, pad, seed):
+    """Any shapes with 1 <= k <= m, shared or per-head E, F, optional key padding: Linformer and
+    both Verma orders equal the explicit formulas on the padded-and-zeroed K, V (1e-12 relative,
+    the module docstring's bound)."""
+    k = 1 + int(kfrac * (m - 1))
+    rs = np.random.default_rng(seed)
+    q, kk, v = (rs.standard_normal((2, heads, r, c)) for r, c in ((n, d), (m, d), (m, dv)))
+    pshape = (heads, k, m) if per_head else (k, m)
+    E, F = rs.standard_normal(pshape), rs.standard_normal(pshape)
+    kw, kz, vz = {}, kk, v
+    if pad:
+        lengths = rs.integers(0, m + 1, size=(2, 1))
+        keep = np.arange(m) < lengths[..., None]
+        kw = {"key_lengths": lengths}
+        kz, vz = np.where(keep[..., None], kk, 0.0), np.where(keep[..., None], v, 0.0)
+    s = 1 / np.sqrt(d)
+    got = refattn.linformer_attention(q, kk, v, E, F, **kw)
+    np.testing.assert_allclose(got, _linformer_np(q, kz, vz, E, F, s), rtol=1e-12, atol=1e-12)
+    want = _verma_np(q, kz, vz, E, F, s)
+    for order in linformer.ORDERS:
+        np.testing.assert_allclose(refattn.verma_attention(q, kk, v, E, F, order=order, **kw), want,
+                                   rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
