@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._masks import key_padding_keep, make_mask
 from .._vjp import defvjp
@@ -84,7 +84,6 @@ from .._xp import (
     unbroadcast,
     validate_qkv,
 )
-from ..cost import Cost
 from ._kernelized import (
     DEFAULT_CHUNK,
     NONPOSITIVE_CHOICES,
@@ -94,6 +93,9 @@ from ._kernelized import (
     kernelized_forward,
 )
 from ._softmax_axis import softmax_axis, softmax_axis_backward, softmax_axis_flops
+
+if TYPE_CHECKING:  # imported lazily in cost(): refattn.cost may grow imports of the methods
+    from ..cost import Cost
 
 __all__ = ["linear_attention", "forward", "backward", "cost", "Residuals", "Grads", "FEATURE_MAPS",
            "efficient_attention", "efficient_forward", "efficient_backward", "efficient_cost",
@@ -282,6 +284,8 @@ def cost(n: int, m: int, d: int, dv: int, *, batch: int = 1, feature_map: Any = 
     f_flops, f_trans = feature_map_cost
     flops = (n * d if _linear_scale(scale, d) != 1.0 else 0) + f_flops * (n + m) * d
     flops += kernelized_flops(n, m, d, dv, causal=causal, chunk=chunk)
+    from ..cost import Cost
+
     return Cost(flops=batch * flops, transcendentals=batch * f_trans * (n + m) * d)
 
 
@@ -443,6 +447,8 @@ def efficient_cost(n: int, m: int, d: int, dv: int, *, batch: int = 1, normaliza
     else:
         flops += n * d + m * d
     flops += 2 * m * d * dv + 2 * n * d * dv
+    from ..cost import Cost
+
     return Cost(flops=batch * flops, transcendentals=batch * trans)
 
 

@@ -77,7 +77,7 @@ claim ``verma-delta``).
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _xp
 from .._masks import key_padding_keep, make_mask
@@ -93,9 +93,11 @@ from .._xp import (
     unbroadcast,
     validate_qkv,
 )
-from ..cost import Cost
 from . import softmax as _softmax
 from ._softmax_axis import softmax_axis, softmax_axis_backward, softmax_axis_flops
+
+if TYPE_CHECKING:  # imported lazily in cost(): refattn.cost may grow imports of the methods
+    from ..cost import Cost
 
 __all__ = ["linformer_attention", "forward", "backward", "cost", "Residuals", "Grads",
            "verma_attention", "verma_forward", "verma_backward", "verma_cost", "VermaResiduals",
@@ -245,6 +247,8 @@ def cost(n: int, m: int, d: int, dv: int, k: int, *, batch: int = 1) -> Cost:
     check_positive_int("batch", batch)
     flops = 2 * k * m * d + 2 * k * m * dv
     flops += 2 * n * k * d + n * k + 2 * (n * k - n) + n * k + 2 * n * k * dv + n * dv + n
+    from ..cost import Cost
+
     return Cost(flops=batch * flops, transcendentals=batch * (n * k + n))
 
 
@@ -369,6 +373,8 @@ def verma_cost(n: int, m: int, d: int, dv: int, k: int, *, batch: int = 1, order
     fl, tl = softmax_axis_flops(d * k, d)
     flops = n * d + fh + 2 * k * m * d + d * k + fl + 2 * k * m * dv
     flops += 2 * d * k * dv + 2 * n * d * dv if order == "H(LX)" else 2 * n * d * k + 2 * n * k * dv
+    from ..cost import Cost
+
     return Cost(flops=batch * flops, transcendentals=batch * (th + tl))
 
 
