@@ -66,3 +66,29 @@ def like(host: np.ndarray, ref: Any) -> Any:
 
     xp = namespace(ref)
     return xp.asarray(np.asarray(host, dtype=np.float64), dtype=ref.dtype, device=device(ref))
+
+
+# --- Linformer projections (issue 5) --------------------------------------------------------------
+
+__all__ += ["linformer_projection"]
+
+
+def linformer_projection(k: int, m: int, *, rng: Any, batch: tuple[int, ...] = (), backend: Any = None,
+                         dtype: str = "float64") -> Any:
+    """A Linformer / Johnson-Lindenstrauss projection ``R`` of shape ``(*batch, k, m)`` with iid
+    ``N(0, 1/k)`` entries (Arriaga & Vempala; Linformer Theorem 1), so that ``E ||R x||^2 = ||x||^2``.
+
+    Drawn on the host with ``numpy.random.Generator.standard_normal`` and scaled by ``1/sqrt(k)``, so
+    every backend gets the same numbers for the same ``rng``. ``batch`` gives independent draws
+    (e.g. ``(H,)`` for one projection per head). ``k > m`` is allowed here (the sampler is a plain
+    Gaussian matrix); the attention methods reject it.
+    """
+    for name, val in (("k", k), ("m", m)):
+        if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
+            msg = f"{name} must be a positive integer, got {val!r}"
+            raise ValueError(msg)
+    batch = tuple(batch)
+    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in batch):
+        msg = f"batch must be a tuple of non-negative integers, got {batch!r}"
+        raise ValueError(msg)
+    return normal((*batch, k, m), rng=rng, backend=backend, dtype=dtype, std=1.0 / np.sqrt(k))
