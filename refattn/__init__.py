@@ -8,7 +8,15 @@ complexity instrumentation and property tests of what its paper claims.
 from . import backends, methods, random, testing
 from ._vjp import registered, vjp
 from .cost import Cost
-from .methods import causal_dot, causal_dot_backward, softmax_attention
+from .methods import (
+    causal_dot,
+    causal_dot_backward,
+    hyperbolic_features,
+    positive_features,
+    random_feature_attention,
+    softmax_attention,
+    trig_features,
+)
 
 __version__ = "0.1.0"
 
@@ -24,3 +32,4 @@ __all__ = [
     "testing",
     "vjp",
 ]
+__all__ += ["random_feature_attention", "trig_features", "positive_features", "hyperbolic_features"]
