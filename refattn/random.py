@@ -120,20 +120,27 @@ def orthogonal_projection(n_features: int, d: int, *, rng: Any, norms: str = "ch
     independent ``N(0, I_d)`` vector (each row is then marginally ``N(0, I_d)``: unbiased estimates;
     Performer's ``scaling=0``, Yu et al.'s ``W_ORF = S Q``); ``norms="fixed"`` uses ``sqrt(d)``
     (Performer's ``scaling=1``, Yu et al.'s ``W_ORF'``: biased). The blocks are drawn first (one
-    ``d x d`` Gaussian each, batch element by batch element), then the ``(*batch, D, d)`` Gaussian
-    whose row norms give the lengths. Drawn on the host: the same numbers on every backend.
+    ``d x d`` Gaussian each, batch element by batch element, as successive :func:`orthogonal` calls
+    would), then the ``(*batch, D, d)`` Gaussian whose row norms give the lengths. Drawn on the host:
+    the same numbers on every backend.
     """
     batch = _check_projection_args(n_features, d, norms, batch)
     gen = default_rng(rng)
     n_blocks = -(-n_features // d)
     count = int(np.prod(batch)) if batch else 1
-    rows = np.empty((count, n_blocks * d, d))
-    for b in range(count):
-        for j in range(n_blocks):
-            rows[b, j * d:(j + 1) * d] = np.asarray(orthogonal((d, d), rng=gen))
+    rows = _haar_blocks(gen, count * n_blocks, d).reshape(count, n_blocks * d, d)
     w = rows[:, :n_features].reshape((*batch, n_features, d))
     if norms == "chi":
         lengths = np.linalg.norm(gen.standard_normal((*batch, n_features, d)), axis=-1, keepdims=True)
     else:
         lengths = np.sqrt(d)
     return to_backend(w * lengths, backend, dtype)
+
+
+def _haar_blocks(gen: np.random.Generator, count: int, d: int) -> np.ndarray:
+    """``count`` independent Haar ``d x d`` orthogonal matrices: :func:`orthogonal`'s construction
+    (QR of a Gaussian matrix, columns times ``sign(diag R)``), batched in one LAPACK call. It consumes
+    ``gen`` exactly as ``count`` successive ``orthogonal((d, d), rng=gen)`` calls do (tested)."""
+    g = gen.standard_normal((count, d, d))
+    q, r = np.linalg.qr(g)
+    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
