@@ -66,7 +66,11 @@ all kept keys and features of the batch element (trig: of ``log r_j``). Each fac
 numerator and denominator of a row alike, so the output is unchanged up to rounding (tested); the
 backward treats ``c_i, c'`` as constants, which is exact because the output does not depend on them.
 (Performer's code also adds ``eps = 1e-6`` to every feature; refattn does not: it would bias the
-kernel, see Choromanski et al.'s ``numerical_stabilizer``.)
+kernel, see Choromanski et al.'s ``numerical_stabilizer``.) Without the stabiliser, note that
+``exp(w.x - |x|^2/2) <= exp(|w|^2/2)``: positive features cannot overflow unless a row of ``W`` is
+longer than ``sqrt(2 log(max float))`` (37.7 in float64); for large ``|x|`` they *underflow* to 0
+and the normaliser vanishes (reported as below). Trig's key weight ``exp(|k_hat|^2/2)`` can overflow;
+unstabilised exponents above ``log(max float)`` are refused with a ``ValueError`` before ``exp``.
 
 **Normaliser.** Positive and hyperbolic features give a positive denominator (a sum of positive
 terms; it can only reach 0 by underflow). Trigonometric features can give a zero or negative
@@ -698,8 +702,12 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
         RFA's unit-norm option: use ``q_i/|q_i|`` and ``k_j/|k_j|`` (zero rows are an error).
     stabilize : bool
         Shift the exponents by their maxima (per query row; per batch element for the keys). The
-        shifts cancel exactly between numerator and denominator. Without it, an exponent whose exp
-        overflows is a ``ValueError``.
+        shifts cancel exactly between numerator and denominator. Without it, large norms make the
+        positive features *underflow* (``w.x - |x|^2/2 -> -inf`` for ``|w| < sqrt(2 log max)``, i.e.
+        any ``N(0, I)`` row in practice): every normaliser becomes 0 and
+        :class:`NonPositiveNormalizerError` is raised; an exponent that would *overflow* (trig's key
+        weight ``exp(|k_hat|^2/2)``, or rows ``|w| > 37.7`` in float64) is a ``ValueError``. Both
+        messages name ``stabilize=True`` as the fix.
     key_lengths : integer array, optional
         Per batch element number of valid keys.
     invalid_normalizer : {"raise", "zero"}
