@@ -14,6 +14,7 @@ from .methods import (
     efficient_attention,
     linear_attention,
     linformer_attention,
+    random_feature_attention,
     softmax_attention,
     verma_attention,
 )
@@ -25,11 +26,15 @@ __all__ = [
     "backends",
     "causal_dot",
     "causal_dot_backward",
+    "efficient_attention",
+    "linear_attention",
+    "linformer_attention",
     "methods",
     "random",
+    "random_feature_attention",
     "registered",
     "softmax_attention",
     "testing",
+    "verma_attention",
     "vjp",
 ]
-__all__ += ["efficient_attention", "linear_attention", "linformer_attention", "verma_attention"]

@@ -92,3 +92,79 @@ def linformer_projection(k: int, m: int, *, rng: Any, batch: tuple[int, ...] = (
         msg = f"batch must be a tuple of non-negative integers, got {batch!r}"
         raise ValueError(msg)
     return normal((*batch, k, m), rng=rng, backend=backend, dtype=dtype, std=1.0 / np.sqrt(k))
+# ------------------------------------------------------------------------------------------------
+# Random-feature projections (Performer FAVOR+, RFA): W of shape (..., D, d), rows w_l
+# ------------------------------------------------------------------------------------------------
+
+__all__ += ["gaussian_projection", "orthogonal_projection"]
+
+_ROW_NORMS = ("chi", "fixed")
+
+
+def _check_projection_args(n_features: Any, d: Any, norms: Any, batch: Any) -> tuple[int, ...]:
+    for name, val in (("n_features", n_features), ("d", d)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val <= 0:
+            msg = f"{name} must be a positive integer, got {val!r}"
+            raise ValueError(msg)
+    if norms not in _ROW_NORMS:
+        msg = f"norms must be one of {_ROW_NORMS}, got {norms!r}"
+        raise ValueError(msg)
+    batch = (batch,) if isinstance(batch, (int, np.integer)) else tuple(batch)
+    if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 0 for b in batch):
+        msg = f"batch must be a tuple of non-negative integers, got {batch!r}"
+        raise ValueError(msg)
+    return batch
+
+
+def gaussian_projection(n_features: int, d: int, *, rng: Any, norms: str = "chi", batch: Any = (),
+                        backend: Any = None, dtype: str = "float64") -> Any:
+    """iid Gaussian random-feature projection ``W (*batch, D, d)``, ``D = n_features``.
+
+    ``norms="chi"``: rows ``w_l ~ N(0, I_d)`` as drawn (lengths chi-distributed with ``d`` degrees
+    of freedom): FAVOR+ and random Fourier feature estimates are unbiased. ``norms="fixed"``: each
+    row rescaled to length ``sqrt(d)`` (direction uniform on the sphere), which estimates the
+    Performer's regularised kernel SMREG instead (biased low for ``exp(x . y)``).
+    Drawn on the host, so every backend gets the same numbers for the same seed.
+    """
+    batch = _check_projection_args(n_features, d, norms, batch)
+    g = default_rng(rng).standard_normal((*batch, n_features, d))
+    if norms == "fixed":
+        g = g * (np.sqrt(d) / np.linalg.norm(g, axis=-1, keepdims=True))
+    return to_backend(g, backend, dtype)
+
+
+def orthogonal_projection(n_features: int, d: int, *, rng: Any, norms: str = "chi", batch: Any = (),
+                          backend: Any = None, dtype: str = "float64") -> Any:
+    """Block-orthogonal random-feature projection ``W (*batch, D, d)`` (Performer's ORF, Yu et al. 2016).
+
+    ``ceil(D / d)`` independent ``d x d`` Haar-orthogonal blocks (:func:`orthogonal`: QR of a Gaussian
+    matrix with the columns' signs corrected by ``sign(diag R)``; plain LAPACK QR is not Haar) are
+    stacked and the first ``D`` rows kept, so rows within a block are exactly orthogonal and blocks
+    are independent. Row lengths: ``norms="chi"`` multiplies each unit row by the norm of an
+    independent ``N(0, I_d)`` vector (each row is then marginally ``N(0, I_d)``: unbiased estimates;
+    Performer's ``scaling=0``, Yu et al.'s ``W_ORF = S Q``); ``norms="fixed"`` uses ``sqrt(d)``
+    (Performer's ``scaling=1``, Yu et al.'s ``W_ORF'``: biased). The blocks are drawn first (one
+    ``d x d`` Gaussian each, batch element by batch element, as successive :func:`orthogonal` calls
+    would), then the ``(*batch, D, d)`` Gaussian whose row norms give the lengths. Drawn on the host:
+    the same numbers on every backend.
+    """
+    batch = _check_projection_args(n_features, d, norms, batch)
+    gen = default_rng(rng)
+    n_blocks = -(-n_features // d)
+    count = int(np.prod(batch)) if batch else 1
+    rows = _haar_blocks(gen, count * n_blocks, d).reshape(count, n_blocks * d, d)
+    w = rows[:, :n_features].reshape((*batch, n_features, d))
+    if norms == "chi":
+        lengths = np.linalg.norm(gen.standard_normal((*batch, n_features, d)), axis=-1, keepdims=True)
+    else:
+        lengths = np.sqrt(d)
+    return to_backend(w * lengths, backend, dtype)
+
+
+def _haar_blocks(gen: np.random.Generator, count: int, d: int) -> np.ndarray:
+    """``count`` independent Haar ``d x d`` orthogonal matrices: :func:`orthogonal`'s construction
+    (QR of a Gaussian matrix, columns times ``sign(diag R)``), batched in one LAPACK call. It consumes
+    ``gen`` exactly as ``count`` successive ``orthogonal((d, d), rng=gen)`` calls do (tested)."""
+    g = gen.standard_normal((count, d, d))
+    q, r = np.linalg.qr(g)
+    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]

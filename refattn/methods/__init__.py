@@ -1,12 +1,28 @@
 """Attention methods. Each module exposes ``forward``, ``backward``, ``cost`` and its public
 function (see DESIGN.md, "The method contract")."""
 
-from . import linear, linformer, softmax
+from . import linear, linformer, random_features, softmax
 from ._prefix import causal_dot, causal_dot_backward
 from .linear import efficient_attention, linear_attention
 from .linformer import linformer_attention, verma_attention, verma_projections
+from .random_features import hyperbolic_features, positive_features, random_feature_attention, trig_features
 from .softmax import softmax_attention
 
-__all__ = ["softmax", "softmax_attention", "causal_dot", "causal_dot_backward"]
-__all__ += ["linear", "linear_attention", "efficient_attention", "linformer", "linformer_attention",
-            "verma_attention", "verma_projections"]
+__all__ = [
+    "causal_dot",
+    "causal_dot_backward",
+    "efficient_attention",
+    "hyperbolic_features",
+    "linear",
+    "linear_attention",
+    "linformer",
+    "linformer_attention",
+    "positive_features",
+    "random_feature_attention",
+    "random_features",
+    "softmax",
+    "softmax_attention",
+    "trig_features",
+    "verma_attention",
+    "verma_projections",
+]

@@ -1,0 +1,840 @@
+r"""Random-feature attention: RFA (random Fourier sin/cos features) and Performer FAVOR+ (positive and
+hyperbolic features, iid or orthogonal projections), with hand-written backward passes.
+
+Feature maps (public, each with its own vjp)
+--------------------------------------------
+For ``x (..., n, d)`` and a projection ``W (..., D, d)`` with rows ``w_l`` (``u = x W^T``):
+
+.. math::
+
+    \phi_{trig}(x) &= D^{-1/2}\,[\sin(u_1), \dots, \sin(u_D), \cos(u_1), \dots, \cos(u_D)]
+        \qquad (2D \text{ outputs; RFA, Peng et al. 2021; Rahimi \& Recht 2007})\\
+    \phi_{+}(x) &= D^{-1/2}\,\exp(u - \lVert x\rVert^2/2)
+        \qquad (D \text{ outputs; FAVOR+, Choromanski et al. 2021, Lemma 1})\\
+    \phi_{hyp+}(x) &= (2D)^{-1/2}\,[\exp(u - \lVert x\rVert^2/2), \exp(-u - \lVert x\rVert^2/2)]
+        \qquad (2D \text{ outputs; Lemma 1, } SM^{hyp+})
+
+With ``w_l ~ N(0, I_d)``: ``E[phi_+(x) . phi_+(y)] = E[phi_hyp+(x) . phi_hyp+(y)] = exp(x . y)`` and
+``E[phi_trig(x) . phi_trig(y)] = exp(-|x - y|^2 / 2)`` (the Gaussian kernel), so
+``exp(|x|^2/2 + |y|^2/2) phi_trig(x) . phi_trig(y)`` is the trigonometric estimator of ``exp(x . y)``.
+
+**Stabilised exponential features** (``stabilize="row"`` or ``"all"``): the exponent
+``t = u - |x|^2/2`` (for hyp+ both halves) is shifted by its maximum ``c`` over the last axis
+(``"row"``: one ``c`` per row ``x_i``) or over the last two axes (``"all"``: one ``c`` per batch
+element), so the map returns exactly ``phi(x) * exp(-c)`` and every exponent is ``<= 0`` (no
+overflow; the largest entry is exactly ``D^{-1/2}``). Its backward is the exact derivative of that
+function, max included: ``dt = g*phi - s * sum(g*phi)`` over the reduced axes, where ``s`` is the
+indicator of the maximising entries divided by their number (exact wherever the maximum is attained
+once, which holds almost surely; at ties it averages the one-sided derivatives).
+
+Attention
+---------
+:func:`random_feature_attention` estimates softmax attention with logit scale ``s``
+(``s = 1/sqrt(d)`` by default, ``s = 1/sigma^2`` when RFA's temperature ``sigma`` is given):
+
+.. math::
+
+    \hat q_i = \sqrt{s}\,q_i,\quad \hat k_j = \sqrt{s}\,k_j, \qquad
+    \text{out}_i = \frac{\sum_j \phi(\hat q_i)\cdot\phi(\hat k_j)\, r_j\, v_j}
+                        {\sum_j \phi(\hat q_i)\cdot\phi(\hat k_j)\, r_j}
+                 = \frac{\phi(\hat q_i)^\top \sum_j \phi'(\hat k_j)\, v_j^\top}
+                        {\phi(\hat q_i)^\top \sum_j \phi'(\hat k_j)},\qquad \phi'(k) = r\,\phi(k)
+
+(sums over ``j <= i`` when causal; computed as one :func:`refattn.methods._prefix.causal_dot` of
+``phi(Q)``, ``phi'(K)`` and ``[V, 1]``, so numerator and denominator share one prefix-sum pass).
+The key weight ``r_j`` picks the kernel the estimate targets (``kernel=``):
+
+============  ======================================  =========================================
+features      ``kernel="softmax"`` (default):          ``kernel="gaussian"``: weights
+              weights ``~ exp(s q.k)``                  ``~ exp(-s |q - k|^2 / 2)``
+============  ======================================  =========================================
+positive/hyp  ``r_j = 1`` (FAVOR+)                     ``r_j = exp(-|k_hat_j|^2 / 2)``
+trig          ``r_j = exp(|k_hat_j|^2 / 2)``           ``r_j = 1`` (RFA exactly as written in
+              (Performer's ``SM^trig``)                 Peng et al. 2021 and paper 001, sec. 2.4)
+============  ======================================  =========================================
+
+The query-side factors ``exp(+-|q_hat_i|^2/2)`` that would complete each kernel are the same for
+every key of row ``i`` and cancel exactly between numerator and denominator, so they are dropped.
+The key-side factors cancel only when all keys have one norm: with ``normalize=True`` (RFA's
+unit-norm option: ``q_i / |q_i|``, ``k_j / |k_j|`` before scaling) the two kernels give the same
+attention, ``softmax(s q_unit . k_unit)``; without it RFA-as-written estimates Gaussian-kernel
+attention, which differs from softmax attention when key norms differ.
+
+**Stabiliser** (``stabilize=True``, default): ``phi(q_i)`` is divided by ``exp(c_i)``, ``c_i`` the
+row maximum of its exponents, and every ``phi'(k_j)`` by one ``exp(c')``, ``c'`` the maximum over
+all kept keys and features of the batch element (trig: of ``log r_j``). Each factor multiplies
+numerator and denominator of a row alike, so the output is unchanged up to rounding (tested); the
+backward treats ``c_i, c'`` as constants, which is exact because the output does not depend on them.
+(Performer's code also adds ``eps = 1e-6`` to every feature; refattn does not: it would bias the
+kernel, see Choromanski et al.'s ``numerical_stabilizer``.) Without the stabiliser, note that
+``exp(w.x - |x|^2/2) <= exp(|w|^2/2)``: positive features cannot overflow unless a row of ``W`` is
+longer than ``sqrt(2 log(max float))`` (37.7 in float64); for large ``|x|`` they *underflow* to 0
+and the normaliser vanishes (reported as below). Trig's key weight ``exp(|k_hat|^2/2)`` can overflow;
+unstabilised exponents above ``log(max float)`` are refused with a ``ValueError`` before ``exp``.
+
+**Normaliser.** Positive and hyperbolic features give a positive denominator (a sum of positive
+terms; it can only reach 0 by underflow). Trigonometric features can give a zero or negative
+denominator (and then a meaningless output). Every row's denominator is checked: one that is not
+positive and finite raises :class:`NonPositiveNormalizerError` (a ``ValueError``) saying how many
+rows and why, unless ``invalid_normalizer="zero"``, which returns zeros for those rows (with zero
+gradient). Rows that see no key at all (every key masked) return zeros with zero gradient, as in
+:mod:`refattn.methods.softmax`.
+
+Backward
+--------
+With ``Y = [num, den]`` the assembly output and ``G = [g / den, -delta / den]``,
+``delta_i = out_i . g_i`` (``g`` the output cotangent): non-causal ``T = phi'(K)^T [V, 1]``,
+``dphi(Q) = G T^T``, ``dT = phi(Q)^T G``, ``dphi'(K) = [V, 1] dT^T``, ``d[V, 1] = phi'(K) dT``;
+causal: :func:`refattn.methods._prefix.causal_dot_backward`. Through the features (``t`` an
+exponent, ``a`` its row's norm coefficient, e.g. ``t = u - |x|^2/2``): ``dt = dphi * phi``,
+``du = dt`` (positive), ``dt_+ - dt_-`` (hyp+), ``dphi_sin * phi_cos - dphi_cos * phi_sin`` (trig);
+``dx = du W - x sum_l dt_l`` (each ``+-|x|^2/2`` in an exponent or in ``log r``),
+``dW = du^T x`` summed over batch and rows; then ``dq = sqrt(s) dq_hat`` and, with ``normalize``,
+``dq = (dq_unit - q_unit (q_unit . dq_unit)) / |q|``.
+
+Choices where the papers leave room (stated plainly)
+---------------------------------------------------
+- ``W`` is an explicit positional argument (nothing is drawn here); samplers are
+  :func:`refattn.random.gaussian_projection` and :func:`refattn.random.orthogonal_projection`.
+  RFA's learned per-dimension ``sigma`` vector (``w_l = sigma o w~_l``) is ``W = W~ diag(sigma)``: its
+  gradient follows from ``dW`` by the chain rule.
+- RFA's temperature: paper 001 writes ``w ~ N(0, sigma^2 I)`` with kernel ``exp(-|x-y|/2 sigma^2)``;
+  that pairing is wrong (the square is missing and ``N(0, sigma^2 I)`` gives
+  ``exp(-sigma^2 |x-y|^2 / 2)``). refattn uses ``W ~ N(0, I)`` applied to ``x / sigma``, i.e.
+  ``w ~ N(0, sigma^-2 I)``, which gives ``exp(-|x-y|^2 / (2 sigma^2))`` and softmax logits
+  ``q.k / sigma^2``.
+- Causal masking needs ``n == m`` (``"top_left"`` and ``"bottom_right"`` coincide then);
+  only key-padding masks (``key_lengths`` or a boolean ``(..., 1, m)`` mask) can be honoured.
+- The scale must be positive (it is split as ``sqrt(s)`` onto q and k).
+
+References
+----------
+Rahimi & Recht, NIPS 2007. Peng et al., "Random Feature Attention", ICLR 2021 (arXiv 2103.02143).
+Choromanski et al., "Rethinking Attention with Performers", ICLR 2021 (arXiv 2009.14794), Lemma 1-2,
+Theorem 2. Paper 001 (survey), sec. 2.4.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._masks import key_padding_keep, make_mask
+from .._vjp import defvjp
+from .._xp import (
+    broadcast_shapes,
+    check_float_array,
+    check_positive_int,
+    check_same_namespace_device,
+    compute_dtype,
+    device,
+    namespace,
+    resolve_scale,
+    unbroadcast,
+    validate_qkv,
+)
+from .._xp import check_finite as _check_finite_array
+from ..cost import Cost
+from ._prefix import DEFAULT_CHUNK, causal_dot, causal_dot_backward
+
+__all__ = [
+    "random_feature_attention", "forward", "backward", "cost", "Residuals", "Grads",
+    "trig_features", "positive_features", "hyperbolic_features",
+    "trig_features_forward", "positive_features_forward", "hyperbolic_features_forward",
+    "features_backward", "FeatureResiduals", "FeatureGrads",
+    "NonPositiveNormalizerError", "FEATURES", "KERNELS",
+]
+
+FEATURES = ("positive", "hyperbolic", "trig")
+KERNELS = ("softmax", "gaussian")
+_STABILIZE_MAP = (None, "row", "all")
+_INVALID = ("raise", "zero")
+
+
+class NonPositiveNormalizerError(ValueError):
+    """A row's normaliser ``phi(q_i) . sum_j phi'(k_j)`` is not positive and finite."""
+
+
+# --------------------------------------------------------------------------------------------
+# validation shared by the feature maps and the attention
+# --------------------------------------------------------------------------------------------
+
+def _check_w(xp: Any, w: Any, *, d: int, dtype: Any, ref_name: str) -> None:
+    check_float_array("W", w, xp, ndim_min=2)
+    if w.shape[-1] != d:
+        msg = (f"W must have shape (..., D, {d}) to match {ref_name}'s last axis d = {d}, "
+               f"got {tuple(w.shape)}")
+        raise ValueError(msg)
+    if w.shape[-2] == 0:
+        msg = f"W must have at least one row (D >= 1 random features), got shape {tuple(w.shape)}"
+        raise ValueError(msg)
+    if w.dtype != dtype:
+        msg = f"W must have the dtype of {ref_name} ({dtype}), got {w.dtype}"
+        raise TypeError(msg)
+
+
+def _exp_limit(xp: Any, dtype: Any) -> float:
+    return math.log(float(xp.finfo(dtype).max))
+
+
+def _check_exponent(xp: Any, t: Any, what: str) -> None:
+    """Unstabilised path: refuse exponents whose exp overflows (instead of returning inf/NaN)."""
+    if math.prod(t.shape) == 0:
+        return
+    top = float(xp.max(t))
+    lim = _exp_limit(xp, t.dtype)
+    if top > lim:
+        msg = (f"exp overflows in the {what}: the largest exponent is {top:.6g} > log(max {t.dtype}) "
+               f"= {lim:.6g}; pass stabilize=True (its shift cancels exactly in the normaliser) or "
+               "reduce the norms of the inputs")
+        raise ValueError(msg)
+
+
+def _sq_half(xp: Any, x: Any) -> Any:
+    """``|x|^2 / 2`` over the last axis, keepdims: ``n d`` mults, ``n (d - 1)`` adds, ``n`` mults."""
+    return xp.sum(x * x, axis=-1, keepdims=True) * 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# feature maps
+# --------------------------------------------------------------------------------------------
+
+class FeatureResiduals(NamedTuple):
+    kind: str
+    x: Any
+    w: Any
+    phi: Any  # working dtype
+    share: Any  # stabilised: indicator of the maximising exponents / their count; else None
+    axes: tuple[int, ...]
+    dtype: Any
+    shapes: tuple[tuple[int, ...], tuple[int, ...]]
+
+
+class FeatureGrads(NamedTuple):
+    dx: Any
+    dw: Any
+
+
+def _exponent(xp: Any, kind: str, x: Any, w: Any, times: float = 1.0) -> tuple[Any, Any]:
+    """``(u, t)``: ``u = x W^T`` and the exponent (positive: ``u - times |x|^2/2``; hyp: both halves
+    ``+-u - times |x|^2/2``; trig: ``None``)."""
+    u = x @ xp.matrix_transpose(w)
+    if kind == "trig":
+        return u, None
+    base = u if kind == "positive" else xp.concat([u, -u], axis=-1)
+    sq = _sq_half(xp, x)
+    if times != 1.0:
+        sq = sq * times
+    return u, base - sq
+
+
+def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
+                     check: bool) -> tuple[Any, FeatureResiduals]:
+    xp = namespace(x, w)
+    check_same_namespace_device({"x": x, "W": w}, xp, "x")
+    check_float_array("x", x, xp, ndim_min=2)
+    _check_w(xp, w, d=x.shape[-1], dtype=x.dtype, ref_name="x")
+    broadcast_shapes(x.shape[:-2], w.shape[:-2], names=("x", "W"))
+    if stabilize not in _STABILIZE_MAP or (kind == "trig" and stabilize is not None):
+        allowed = (None,) if kind == "trig" else _STABILIZE_MAP
+        msg = f"stabilize must be one of {allowed} for {kind} features, got {stabilize!r}"
+        raise ValueError(msg)
+    if check:
+        _check_finite_array("x", x, xp)
+        _check_finite_array("W", w, xp)
+    dtype = x.dtype
+    work = compute_dtype(xp, dtype)
+    shapes = (tuple(x.shape), tuple(w.shape))
+    if work != dtype:
+        x, w = xp.astype(x, work), xp.astype(w, work)
+    n_freq = w.shape[-2]
+    u, t = _exponent(xp, kind, x, w)
+    share = None
+    axes: tuple[int, ...] = ()
+    if kind == "trig":
+        a = 1.0 / math.sqrt(n_freq)
+        phi = xp.concat([xp.sin(u) * a, xp.cos(u) * a], axis=-1)
+    else:
+        a = 1.0 / math.sqrt(n_freq if kind == "positive" else 2 * n_freq)
+        if stabilize is None:
+            _check_exponent(xp, t, f"{kind} features")
+        elif math.prod(t.shape):
+            axes = (-1,) if stabilize == "row" else (-2, -1)
+            top = xp.max(t, axis=axes, keepdims=True)
+            hit = xp.astype(t == top, t.dtype)
+            share = hit / xp.sum(hit, axis=axes, keepdims=True)
+            t = t - top
+        phi = xp.exp(t) * a
+    res = FeatureResiduals(kind, x, w, phi, share, axes, dtype, shapes)
+    return (xp.astype(phi, dtype) if work != dtype else phi), res
+
+
+def features_backward(res: FeatureResiduals, dout: Any, /) -> FeatureGrads:
+    """Hand-written backward of the three feature maps: ``FeatureGrads(dx, dW)``."""
+    xp = namespace(res.x, dout)
+    g = xp.astype(dout, res.phi.dtype) if dout.dtype != res.phi.dtype else dout
+    x, w, phi = res.x, res.w, res.phi
+    n_freq = w.shape[-2]
+    if res.kind == "trig":
+        s, c = phi[..., :n_freq], phi[..., n_freq:]
+        du = g[..., :n_freq] * c - g[..., n_freq:] * s
+        dx = du @ w
+    else:
+        dt = g * phi
+        if res.share is not None:
+            dt = dt - res.share * xp.sum(dt, axis=res.axes, keepdims=True)
+        du = dt if res.kind == "positive" else dt[..., :n_freq] - dt[..., n_freq:]
+        dx = du @ w - x * xp.sum(dt, axis=-1, keepdims=True)
+    dw = xp.matrix_transpose(du) @ x
+    grads = (unbroadcast(xp, dx, res.shapes[0]), unbroadcast(xp, dw, res.shapes[1]))
+    return FeatureGrads(*(xp.astype(a, res.dtype) if a.dtype != res.dtype else a for a in grads))
+
+
+def trig_features_forward(x: Any, w: Any, /, *, check_finite: bool = True) -> tuple[Any, FeatureResiduals]:
+    """Forward of :func:`trig_features`: ``(phi, FeatureResiduals)``."""
+    return _feature_forward("trig", x, w, None, check_finite)
+
+
+def positive_features_forward(x: Any, w: Any, /, *, stabilize: str | None = None,
+                              check_finite: bool = True) -> tuple[Any, FeatureResiduals]:
+    """Forward of :func:`positive_features`: ``(phi, FeatureResiduals)``."""
+    return _feature_forward("positive", x, w, stabilize, check_finite)
+
+
+def hyperbolic_features_forward(x: Any, w: Any, /, *, stabilize: str | None = None,
+                                check_finite: bool = True) -> tuple[Any, FeatureResiduals]:
+    """Forward of :func:`hyperbolic_features`: ``(phi, FeatureResiduals)``."""
+    return _feature_forward("hyperbolic", x, w, stabilize, check_finite)
+
+
+_FEATURE_DOC = """
+
+    Parameters
+    ----------
+    x : array ``(..., n, d)``, real floating.
+    W : array ``(..., D, d)``, the projection (rows ``w_l``), same dtype, namespace and device;
+        leading dimensions broadcast with ``x``'s.
+    {stab}check_finite : bool
+        Reject NaN/inf in ``x`` and ``W`` with a ``ValueError`` (default on).
+
+    Returns
+    -------
+    phi : array ``(..., n, {out})`` in ``x``'s dtype (float16 computed in float32).
+
+    Raises
+    ------
+    TypeError
+        Non-floating or mismatched dtypes, arrays of different libraries.
+    ValueError
+        ``W`` whose last axis is not ``d``, ``D = 0``, batch dimensions that do not broadcast,
+        non-finite inputs{overflow}.
+    """
+
+_STAB_DOC = """stabilize : {None, "row", "all"}
+        ``None``: the plain map. ``"row"`` / ``"all"``: return ``phi(x) exp(-c)``, ``c`` the maximum
+        exponent per row / per batch element (see the module docstring); exact derivative.
+    """
+
+
+@defvjp(trig_features_forward, features_backward)
+def trig_features(x: Any, w: Any, /, *, check_finite: bool = True) -> Any:
+    return trig_features_forward(x, w, check_finite=check_finite)[0]
+
+
+@defvjp(positive_features_forward, features_backward)
+def positive_features(x: Any, w: Any, /, *, stabilize: str | None = None, check_finite: bool = True) -> Any:
+    return positive_features_forward(x, w, stabilize=stabilize, check_finite=check_finite)[0]
+
+
+@defvjp(hyperbolic_features_forward, features_backward)
+def hyperbolic_features(x: Any, w: Any, /, *, stabilize: str | None = None, check_finite: bool = True) -> Any:
+    return hyperbolic_features_forward(x, w, stabilize=stabilize, check_finite=check_finite)[0]
+
+
+trig_features.__doc__ = (
+    r"""Trigonometric random features ``phi(x) = D^-1/2 [sin(x W^T), cos(x W^T)]`` (RFA; Rahimi & Recht).
+
+    ``E_W[phi(x) . phi(y)] = exp(-|x - y|^2 / 2)`` for ``W`` with iid ``N(0, 1)`` entries."""
+    + _FEATURE_DOC.format(stab="", out="2D", overflow=""))
+positive_features.__doc__ = (
+    r"""Positive random features ``phi(x) = D^-1/2 exp(x W^T - |x|^2 / 2)`` (FAVOR+, Performer Lemma 1).
+
+    ``E_W[phi(x) . phi(y)] = exp(x . y)`` for ``W`` with ``N(0, I)`` rows (iid, or orthogonal with
+    chi-distributed norms)."""
+    + _FEATURE_DOC.format(stab=_STAB_DOC, out="D",
+                          overflow=", an exponent that overflows exp when ``stabilize=None``"))
+hyperbolic_features.__doc__ = (
+    r"""Hyperbolic positive features ``phi(x) = (2D)^-1/2 [exp(u - |x|^2/2), exp(-u - |x|^2/2)]``,
+    ``u = x W^T`` (Performer Lemma 1, ``SM^hyp+``): ``E[phi(x) . phi(y)] = exp(x . y)``."""
+    + _FEATURE_DOC.format(stab=_STAB_DOC, out="2D",
+                          overflow=", an exponent that overflows exp when ``stabilize=None``"))
+
+
+# --------------------------------------------------------------------------------------------
+# attention
+# --------------------------------------------------------------------------------------------
+
+class Residuals(NamedTuple):
+    """What the backward pass needs (working precision)."""
+
+    q: Any
+    k: Any
+    w: Any
+    qn: Any  # |q_i| (normalize) or None
+    kn: Any
+    qu: Any  # q_i / |q_i| (normalize) or q
+    ku: Any
+    xq: Any  # sqrt(s) * q_unit
+    xk: Any
+    phi_q: Any  # (..., n, F), stabilised
+    phi_k: Any  # (..., m, F), key weights and key padding applied
+    c: Any  # [V, 1] (..., m, dv + 1)
+    t: Any  # non-causal: phi_k^T [V, 1]; causal: None
+    den: Any  # (..., n, 1), 1 where the row is invalid/empty
+    out: Any
+    ok: Any  # (..., n, 1) bool: rows with a valid normaliser, or None (all valid)
+    keep: Any  # (..., m) bool key-padding keep vector or None
+    features: str
+    kernel: str
+    normalize: bool
+    root_s: float
+    causal: bool
+    chunk: int
+    dtype: Any
+    shapes: tuple[tuple[int, ...], ...]
+
+
+class Grads(NamedTuple):
+    dq: Any
+    dk: Any
+    dv: Any
+    dw: Any
+
+
+def _key_log_weight_sign(features: str, kernel: str) -> float:
+    """``log r_j = sign * |k_hat_j|^2 / 2``; 0 when no key weight is needed."""
+    if features == "trig":
+        return 1.0 if kernel == "softmax" else 0.0
+    return -1.0 if kernel == "gaussian" else 0.0
+
+
+def _unit(xp: Any, x: Any, name: str) -> tuple[Any, Any]:
+    norm = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))
+    if bool(xp.any(norm == 0.0)):
+        count = int(xp.sum(xp.astype(norm == 0.0, xp.int64)))
+        msg = f"normalize=True needs rows of {name} with non-zero norm, got {count} zero rows"
+        raise ValueError(msg)
+    return x / norm, norm
+
+
+def _validate_options(features: str, kernel: str, invalid_normalizer: str, scale: Any,
+                      sigma: Any, d: int) -> float:
+    if features not in FEATURES:
+        msg = f"features must be one of {FEATURES}, got {features!r}"
+        raise ValueError(msg)
+    if kernel not in KERNELS:
+        msg = f"kernel must be one of {KERNELS}, got {kernel!r}"
+        raise ValueError(msg)
+    if invalid_normalizer not in _INVALID:
+        msg = f"invalid_normalizer must be one of {_INVALID}, got {invalid_normalizer!r}"
+        raise ValueError(msg)
+    if sigma is not None:
+        if scale is not None:
+            msg = f"give scale or sigma (scale = 1/sigma^2), not both: got scale={scale!r}, sigma={sigma!r}"
+            raise ValueError(msg)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (
+                math.isfinite(sigma) and sigma > 0):
+            msg = f"sigma must be a positive finite real number, got {sigma!r}"
+            raise ValueError(msg)
+        return 1.0 / float(sigma) ** 2
+    s = resolve_scale(scale, d)
+    if not s > 0:
+        msg = (f"scale must be positive for random-feature attention (it is split as sqrt(scale) "
+               f"onto q and k), got {s!r}")
+        raise ValueError(msg)
+    return s
+
+
+def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", kernel: str = "softmax",
+            mask: Any = None, causal: bool | str = False, scale: float | None = None,
+            sigma: float | None = None, normalize: bool = False, stabilize: bool = True,
+            key_lengths: Any = None, invalid_normalizer: str = "raise", chunk: int = DEFAULT_CHUNK,
+            check_finite: bool = True) -> tuple[Any, Residuals]:
+    """Random-feature attention forward pass: ``(out, Residuals)``. See :func:`random_feature_attention`."""
+    xp, batch = validate_qkv(q, k, v, extra={"W": w, "mask": mask, "key_lengths": key_lengths})
+    n, d, m, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    _check_w(xp, w, d=d, dtype=q.dtype, ref_name="q")
+    batch = broadcast_shapes(batch, w.shape[:-2], names=("q/k/v", "W"))
+    s = _validate_options(features, kernel, invalid_normalizer, scale, sigma, d)
+    check_positive_int("chunk", chunk)
+    if check_finite:
+        for name, a in (("q", q), ("k", k), ("v", v), ("W", w)):
+            _check_finite_array(name, a, xp)
+    dtype = q.dtype
+    work = compute_dtype(xp, dtype)
+    shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(w.shape))
+    if work != dtype:
+        q, k, v, w = (xp.astype(a, work) for a in (q, k, v, w))
+    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
+                     batch=batch, dtype=work)
+    is_causal = spec.causal_offset is not None
+    if is_causal and n != m:
+        msg = (f"causal random-feature attention needs as many queries as keys (the prefix-sum form "
+               f"pairs query i with keys j <= i), got n = {n}, m = {m}")
+        raise ValueError(msg)
+    keep = key_padding_keep(xp, spec, device(q), method="random-feature attention")
+    dev = device(q)
+    n_freq = w.shape[-2]
+    root_s = math.sqrt(s)
+
+    qn = kn = None
+    qu, ku = q, k
+    if normalize:
+        qu, qn = _unit(xp, q, "q")
+        ku, kn = _unit(xp, k, "k")
+    xq, xk = qu * root_s, ku * root_s
+
+    # query features: phi(xq), optionally divided by exp(row max of the exponents)
+    uq, tq = _exponent(xp, features, xq, w)
+    if features == "trig":
+        a = 1.0 / math.sqrt(n_freq)
+        phi_q = xp.concat([xp.sin(uq) * a, xp.cos(uq) * a], axis=-1)
+    else:
+        a = 1.0 / math.sqrt(n_freq if features == "positive" else 2 * n_freq)
+        if stabilize:
+            tq = tq - xp.max(tq, axis=-1, keepdims=True)
+        else:
+            _check_exponent(xp, tq, "query features")
+        phi_q = xp.exp(tq) * a
+
+    # key features times r_j = exp(sign |xk|^2 / 2), optionally divided by one exp(max) per batch element
+    sign = _key_log_weight_sign(features, kernel)
+    uk, tk = _exponent(xp, features, xk, w, times=1.0 - sign)
+    keep_col = None if keep is None else keep[..., None]
+    if features == "trig":
+        phi_k = xp.concat([xp.sin(uk) * a, xp.cos(uk) * a], axis=-1)
+        if sign != 0.0:
+            lr = _sq_half(xp, xk)
+            lr = _shift(xp, lr, keep_col) if stabilize else _checked(xp, lr, "key weights exp(|k|^2/2)")
+            phi_k = phi_k * xp.exp(lr)
+    else:
+        tk = _shift(xp, tk, keep_col) if stabilize else _checked(xp, tk, "key features")
+        phi_k = xp.exp(tk) * a
+    if keep_col is not None:
+        phi_k = xp.where(keep_col, phi_k, 0.0)
+
+    ones = xp.ones((*v.shape[:-1], 1), dtype=work, device=dev)
+    cv = xp.concat([v, ones], axis=-1)
+    t = None
+    if is_causal:
+        y = causal_dot(phi_q, phi_k, cv, chunk=chunk)
+    else:
+        t = xp.matrix_transpose(phi_k) @ cv
+        y = phi_q @ t
+    num, den = y[..., :dv], y[..., dv:]
+
+    ok = (den > 0.0) & xp.isfinite(den) & xp.all(xp.isfinite(num), axis=-1, keepdims=True)
+    empty = _empty_rows(xp, keep, n, m, is_causal, dev)
+    all_ok = bool(xp.all(ok | empty)) if empty is not None else bool(xp.all(ok))
+    if not all_ok and invalid_normalizer == "raise":
+        _raise_normalizer(xp, ok, empty, den, features, stabilize)
+    if all_ok and empty is None:
+        ok = None
+        out = num / den
+    else:
+        den = xp.where(ok, den, 1.0)
+        out = xp.where(ok, num / den, 0.0)
+    res = Residuals(q, k, w, qn, kn, qu, ku, xq, xk, phi_q, phi_k, cv, t, den, out, ok, keep, features,
+                    kernel, normalize, root_s, is_causal, chunk, dtype, shapes)
+    return (xp.astype(out, dtype) if work != dtype else out), res
+
+
+def _shift(xp: Any, t: Any, keep_col: Any) -> Any:
+    """``t - max(t)`` over the last two axes (kept keys only); a batch element without kept keys
+    (or without keys) is shifted by 0."""
+    if math.prod(t.shape) == 0:
+        return t
+    tt = t if keep_col is None else xp.where(keep_col, t, -math.inf)
+    top = xp.max(tt, axis=(-2, -1), keepdims=True)
+    if keep_col is not None:
+        top = xp.where(xp.isfinite(top), top, 0.0)
+    return t - top
+
+
+def _checked(xp: Any, t: Any, what: str) -> Any:
+    _check_exponent(xp, t, what)
+    return t
+
+
+def _empty_rows(xp: Any, keep: Any, n: int, m: int, causal: bool, dev: Any) -> Any:
+    """Rows that see no kept key, ``(..., n, 1)`` bool; ``None`` when there are none by construction."""
+    if m == 0:
+        return xp.ones((n, 1), dtype=xp.bool, device=dev)
+    if keep is None:
+        return None
+    if causal:
+        # the first kept key of each batch element; row i is empty iff it comes after i
+        j = xp.arange(m, device=dev)
+        first = xp.min(xp.where(keep, j, m), axis=-1, keepdims=True)[..., None]  # (..., 1, 1)
+        return first > xp.arange(n, device=dev)[:, None]
+    return ~xp.any(keep, axis=-1, keepdims=True)[..., None]
+
+
+def _raise_normalizer(xp: Any, ok: Any, empty: Any, den: Any, features: str, stabilize: bool) -> None:
+    bad = ~ok if empty is None else ~(ok | empty)
+    bad = xp.broadcast_to(bad, den.shape)
+    count = int(xp.sum(xp.astype(bad, xp.int64)))
+    total = math.prod(den.shape)
+    finite_bad = bad & xp.isfinite(den)
+    low = float(xp.min(xp.where(finite_bad, den, math.inf))) if bool(xp.any(finite_bad)) else math.nan
+    if features == "trig":
+        why = ("trigonometric features do not guarantee a positive normaliser (sin/cos estimates of "
+               "exp(q.k) can be <= 0); use more features D, positive features, or "
+               "invalid_normalizer='zero' to return zeros for these rows")
+    elif not stabilize:
+        why = "exp under/overflowed without the stabiliser; pass stabilize=True"
+    else:
+        why = ("positive features underflowed to a zero normaliser: the inputs' norms are too large "
+               "for this dtype; rescale q and k")
+    msg = (f"{count} of {total} query rows have a normaliser phi(q_i) . sum_j phi(k_j) that is not "
+           f"positive and finite (smallest finite value {low:.3g}): {why}")
+    raise NonPositiveNormalizerError(msg)
+
+
+def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any,
+                   norm_coeff: float) -> tuple[Any, Any]:
+    """``(dx, du)`` of ``phi = f(x W^T) * exp(norm_coeff * |x|^2 / 2)`` (offsets constant)."""
+    n_freq = w.shape[-2]
+    if features == "trig":
+        s, c = phi[..., :n_freq], phi[..., n_freq:]
+        du = dphi[..., :n_freq] * c - dphi[..., n_freq:] * s
+        dx = du @ w
+        if norm_coeff != 0.0:
+            dx = dx + x * (xp.sum(dphi * phi, axis=-1, keepdims=True) * norm_coeff)
+        return dx, du
+    dt = dphi * phi
+    du = dt if features == "positive" else dt[..., :n_freq] - dt[..., n_freq:]
+    dx = du @ w + x * (xp.sum(dt, axis=-1, keepdims=True) * norm_coeff)
+    return dx, du
+
+
+def backward(res: Residuals, dout: Any, /) -> Grads:
+    """Hand-written backward of :func:`forward`: ``Grads(dq, dk, dv, dw)`` (see the module docstring)."""
+    xp = namespace(res.q, dout)
+    g = xp.astype(dout, res.out.dtype) if dout.dtype != res.out.dtype else dout
+    dv_dim = res.out.shape[-1]
+    if res.ok is not None:
+        g = xp.where(res.ok, g, 0.0)
+    delta = xp.sum(res.out * g, axis=-1, keepdims=True)
+    gy = xp.concat([g / res.den, -delta / res.den], axis=-1)
+    if res.causal:
+        dphi_q, dphi_k, dcv = causal_dot_backward(res.phi_q, res.phi_k, res.c, gy, chunk=res.chunk)
+    else:
+        dphi_q = gy @ xp.matrix_transpose(res.t)
+        dt = xp.matrix_transpose(res.phi_q) @ gy
+        dphi_k = res.c @ xp.matrix_transpose(dt)
+        dcv = res.phi_k @ dt
+    dphi_q = unbroadcast(xp, dphi_q, tuple(res.phi_q.shape))
+    dphi_k = unbroadcast(xp, dphi_k, tuple(res.phi_k.shape))
+    dv = dcv[..., :dv_dim]
+    if res.keep is not None:
+        dphi_k = xp.where(res.keep[..., None], dphi_k, 0.0)
+
+    exp_kind = res.features != "trig"
+    sign = _key_log_weight_sign(res.features, res.kernel)
+    dxq, duq = _features_grad(xp, res.features, res.xq, res.w, res.phi_q, dphi_q,
+                              -1.0 if exp_kind else 0.0)
+    dxk, duk = _features_grad(xp, res.features, res.xk, res.w, res.phi_k, dphi_k,
+                              (-1.0 + sign) if exp_kind else sign)
+    # dW: each side reduced to W's shape on its own (k may be shared across heads that q is not)
+    wshape = res.shapes[3]
+    dw = (unbroadcast(xp, xp.matrix_transpose(duq) @ res.xq, wshape)
+          + unbroadcast(xp, xp.matrix_transpose(duk) @ res.xk, wshape))
+    dq = dxq * res.root_s
+    dk = dxk * res.root_s
+    if res.normalize:
+        dq = _unit_backward(xp, res.qu, res.qn, dq)
+        dk = _unit_backward(xp, res.ku, res.kn, dk)
+    grads = [unbroadcast(xp, a, shape) for a, shape in zip((dq, dk, dv, dw), res.shapes)]
+    return Grads(*(xp.astype(a, res.dtype) if a.dtype != res.dtype else a for a in grads))
+
+
+def _unit_backward(xp: Any, e: Any, norm: Any, g: Any) -> Any:
+    """Adjoint of ``x -> e = x / |x|``: ``(g - e (e . g)) / |x|``."""
+    return (g - e * xp.sum(e * g, axis=-1, keepdims=True)) / norm
+
+
+@defvjp(forward, backward)
+def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive",
+                             kernel: str = "softmax", mask: Any = None, causal: bool | str = False,
+                             scale: float | None = None, sigma: float | None = None,
+                             normalize: bool = False, stabilize: bool = True, key_lengths: Any = None,
+                             invalid_normalizer: str = "raise", chunk: int = DEFAULT_CHUNK,
+                             check_finite: bool = True) -> Any:
+    r"""Random-feature estimate of softmax attention (Performer FAVOR+ / RFA).
+
+    ``out_i = phi(q_i)^T sum_j phi'(k_j) v_j^T / phi(q_i)^T sum_j phi'(k_j)`` (``j <= i`` when causal),
+    with ``q``, ``k`` scaled by ``sqrt(scale)``; see the module docstring for the formulas, the key
+    weights of each ``kernel``, the stabiliser and the backward pass.
+
+    Parameters
+    ----------
+    q, k, v : arrays ``(..., n, d)``, ``(..., m, d)``, ``(..., m, dv)``
+        Real floating, one dtype, namespace and device; leading dimensions broadcast.
+    W : array ``(..., D, d)``
+        Projection, rows ``w_l`` (``D`` random features; the map has ``D`` or ``2D`` outputs). Draw it
+        with :func:`refattn.random.gaussian_projection` or :func:`refattn.random.orthogonal_projection`
+        (rows ``~ N(0, I_d)`` for an unbiased kernel estimate). A gradient is returned for it.
+    features : {"positive", "hyperbolic", "trig"}
+        FAVOR+ ``exp(Wx - |x|^2/2)``, its hyperbolic ``exp(+-Wx - |x|^2/2)`` form, or RFA's sin/cos.
+    kernel : {"softmax", "gaussian"}
+        What the weights estimate: ``exp(s q.k)`` or ``exp(-s|q - k|^2/2)`` (RFA as written uses
+        ``features="trig", kernel="gaussian"``; with ``normalize=True`` both give softmax attention).
+    mask : boolean array ``(..., 1, m)``, optional
+        Key-padding mask (``True`` = keep). Masks that differ between queries cannot be honoured.
+    causal : bool or {"top_left", "bottom_right"}
+        Prefix-sum form (query ``i`` sees keys ``j <= i``); needs ``n == m``.
+    scale : float, optional
+        Logit scale ``s > 0``; ``1/sqrt(d)`` by default.
+    sigma : float, optional
+        RFA's temperature: ``scale = 1 / sigma^2`` (give one of ``scale`` and ``sigma``).
+    normalize : bool
+        RFA's unit-norm option: use ``q_i/|q_i|`` and ``k_j/|k_j|`` (zero rows are an error).
+    stabilize : bool
+        Shift the exponents by their maxima (per query row; per batch element for the keys). The
+        shifts cancel exactly between numerator and denominator. Without it, large norms make the
+        positive features *underflow* (``w.x - |x|^2/2 -> -inf`` for ``|w| < sqrt(2 log max)``, i.e.
+        any ``N(0, I)`` row in practice): every normaliser becomes 0 and
+        :class:`NonPositiveNormalizerError` is raised; an exponent that would *overflow* (trig's key
+        weight ``exp(|k_hat|^2/2)``, or rows ``|w| > 37.7`` in float64) is a ``ValueError``. Both
+        messages name ``stabilize=True`` as the fix.
+    key_lengths : integer array, optional
+        Per batch element number of valid keys.
+    invalid_normalizer : {"raise", "zero"}
+        What to do with rows whose normaliser is not positive and finite (possible with trig features,
+        or by under/overflow): raise :class:`NonPositiveNormalizerError`, or return zeros there.
+    chunk : int
+        Row-chunk of the causal prefix sum (:func:`refattn.methods._prefix.causal_dot`).
+    check_finite : bool
+        Reject NaN/inf in ``q``, ``k``, ``v``, ``W`` (default on).
+
+    Returns
+    -------
+    out : array ``(..., n, dv)`` in the inputs' dtype (float16 computed in float32). Rows that see no
+    key are zero.
+
+    Raises
+    ------
+    TypeError
+        Non-floating or mixed dtypes, arrays from different libraries.
+    ValueError
+        ``W`` of the wrong shape or ``D = 0``, shapes that do not broadcast, non-finite inputs, a
+        non-positive scale or sigma, both scale and sigma, unsupported masks, causal with ``n != m``,
+        zero rows with ``normalize``, exponent overflow without the stabiliser, unknown options.
+    NonPositiveNormalizerError
+        A row's normaliser is not positive and finite (``invalid_normalizer="raise"``).
+
+    References
+    ----------
+    Choromanski et al. 2021 (arXiv 2009.14794); Peng et al. 2021 (arXiv 2103.02143).
+    """
+    return forward(q, k, v, w, features=features, kernel=kernel, mask=mask, causal=causal, scale=scale,
+                   sigma=sigma, normalize=normalize, stabilize=stabilize, key_lengths=key_lengths,
+                   invalid_normalizer=invalid_normalizer, chunk=chunk, check_finite=check_finite)[0]
+
+
+def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
+         features: str = "positive", kernel: str = "softmax", causal: bool = False,
+         normalize: bool = False, stabilize: bool = True, masked: bool = False,
+         chunk: int = DEFAULT_CHUNK) -> Cost:
+    r"""Closed-form FLOPs and transcendentals of :func:`random_feature_attention`'s forward pass.
+
+    Counts exactly what :func:`forward` executes (conventions of :mod:`refattn.cost`), for ``batch``
+    batch elements with every one of ``q``, ``k``, ``v`` carrying the full batch, ``W`` of shape
+    ``(D, d)`` (``D = n_features``), no NaN (validation passes count nothing). With ``F = D``
+    (positive) or ``2D`` (hyperbolic, trig) feature outputs, the leading terms are
+
+    - features: ``2 (n + m) d D`` (the projections ``x W^T``) plus ``O((n + m)(d + F))``;
+      transcendentals ``(n + m) F`` (``exp``; ``sin`` and ``cos`` for trig) ``+ m`` (trig's key weight);
+    - non-causal assembly: ``2 (n + m) F (dv + 1)`` (``phi(K)^T [V, 1]`` then ``phi(Q) (...)``);
+    - causal assembly (:func:`causal_dot`, chunks of ``c`` rows): per chunk
+      ``2 c^2 F + 2 c^2 (dv + 1) + 4 c F (dv + 1) + c (dv + 1) + F (dv + 1)``.
+
+    So the time is ``O(n D (d + dv))`` for fixed ``D`` (paper 001's table says ``O(nd)``: true for
+    fixed ``D`` and ``dv = d`` up to the factor ``D``) and the state ``sum_j phi(k_j) v_j^T``,
+    ``sum_j phi(k_j)`` holds ``F (dv + 1)`` numbers. ``masked`` means a key-padding mask or
+    ``key_lengths`` was given.
+    """
+    for name, val in (("n", n), ("m", m), ("d", d), ("dv", dv)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            msg = f"{name} must be a non-negative integer, got {val!r}"
+            raise ValueError(msg)
+    check_positive_int("n_features", n_features)
+    check_positive_int("batch", batch)
+    check_positive_int("chunk", chunk)
+    if features not in FEATURES:
+        msg = f"features must be one of {FEATURES}, got {features!r}"
+        raise ValueError(msg)
+    if kernel not in KERNELS:
+        msg = f"kernel must be one of {KERNELS}, got {kernel!r}"
+        raise ValueError(msg)
+    if causal and n != m:
+        msg = f"causal random-feature attention needs n == m, got n = {n}, m = {m}"
+        raise ValueError(msg)
+    n_freq = n_features
+    f = n_freq if features == "positive" else 2 * n_freq
+    e = dv + 1
+    sq_half = lambda r: r * d + r * (d - 1) + r  # noqa: E731  x*x, sum, *0.5
+    per = 0  # flops per batch element
+    glob = 0  # flops of whole-array reductions (N - 1)
+    tr = 0
+    if normalize:
+        for r in (n, m):
+            per += r * d + r * (d - 1) + r * d
+            tr += r
+    per += (n + m) * d  # sqrt(s) scaling
+    per += 2 * (n + m) * d * n_freq  # x W^T
+    sign = _key_log_weight_sign(features, kernel)
+    # queries
+    if features == "trig":
+        per += 2 * n * n_freq
+        tr += 2 * n * n_freq
+    else:
+        per += sq_half(n) + (n * n_freq if features == "hyperbolic" else 0) + n * f
+        if stabilize:
+            per += n * (f - 1) + n * f
+        elif n * f:
+            glob += batch * n * f - 1
+        tr += n * f
+        per += n * f
+    # keys
+    if features == "trig":
+        per += 2 * m * n_freq
+        tr += 2 * m * n_freq
+        if sign != 0.0:
+            per += sq_half(m)
+            if stabilize:
+                per += (m - 1 + m) if m else 0
+            elif m:
+                glob += batch * m - 1
+            tr += m
+            per += m * f
+    else:
+        per += sq_half(m) + (m if sign != 0.0 else 0) + (m * n_freq if features == "hyperbolic" else 0) + m * f
+        if stabilize:
+            per += (m * f - 1 + m * f) if m else 0
+        elif m:
+            glob += batch * m * f - 1
+        tr += m * f
+        per += m * f
+    # assembly
+    if causal:
+        for i0 in range(0, n, chunk):
+            c = min(chunk, n - i0)
+            per += 2 * c * c * f + 2 * c * c * e + 2 * c * f * e + c * e + 2 * f * c * e + f * e
+        if masked and m:
+            per += m - 1  # first kept key per batch element
+    else:
+        per += 2 * f * m * e + 2 * n * f * e
+    per += n * dv  # num / den
+    return Cost(flops=batch * per + glob, transcendentals=batch * tr)
