@@ -6,3 +6,8 @@ from ._prefix import causal_dot, causal_dot_backward
 from .softmax import softmax_attention
 
 __all__ = ["softmax", "softmax_attention", "causal_dot", "causal_dot_backward"]
+
+from . import nystrom  # noqa: E402
+from .nystrom import nystrom_attention  # noqa: E402
+
+__all__ += ["nystrom", "nystrom_attention"]
