@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -309,14 +310,19 @@ def nys_on(ctx: Context):
     b = refattn.backends.get("numpy")
     mem_ns = [1024, 4096] if ctx.quick else [1024, 4096, 16384]
     peaks, times = [], []
-    for n in mem_ns:
-        rs = np.random.default_rng(n)
-        q, k, v = rs.standard_normal((n, d)), rs.standard_normal((n, d)), rs.standard_normal((n, d))
-        b.reset_peak_memory()
-        t0 = time.perf_counter()
-        refattn.nystrom_attention(q, k, v, num_landmarks=m)
-        times.append(time.perf_counter() - t0)
-        peaks.append(b.peak_memory())
+    was_tracing = tracemalloc.is_tracing()
+    try:
+        for n in mem_ns:
+            rs = np.random.default_rng(n)
+            q, k, v = rs.standard_normal((n, d)), rs.standard_normal((n, d)), rs.standard_normal((n, d))
+            b.reset_peak_memory()
+            t0 = time.perf_counter()
+            refattn.nystrom_attention(q, k, v, num_landmarks=m)
+            times.append(time.perf_counter() - t0)
+            peaks.append(b.peak_memory())
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
     slope_mem = math.log(peaks[-1] / peaks[0]) / math.log(mem_ns[-1] / mem_ns[0])
     slope_t = math.log(times[-1] / times[0]) / math.log(mem_ns[-1] / mem_ns[0])
     ok = 0.95 <= slope_f <= 1.0 and 0.95 <= slope_pm <= 1.0 and slope_mem < 1.25
