@@ -650,6 +650,9 @@ def test_singular_or_badly_scaled_landmark_matrix():
     assert np.linalg.matrix_rank(res.a) == 2
     z = np.linalg.pinv(res.a, rcond=3 * 2.0**-52)
     np.testing.assert_allclose(out, res.f @ z @ res.b @ v, rtol=1e-12, atol=1e-12)
+    out_cut, res_cut = N.forward(q, k, v, num_landmarks=5, pinv="exact", pinv_rtol=1e-3)
+    z_cut = np.linalg.pinv(res_cut.a, rcond=1e-3)  # numpy's rcond is relative to s_max, as rtol
+    np.testing.assert_allclose(out_cut, res_cut.f @ z_cut @ res_cut.b @ v, rtol=1e-12, atol=1e-12)
     out_it = refattn.nystrom_attention(q, k, v, qt, kt, iterations=30)
     np.testing.assert_allclose(out_it, out, rtol=1e-9, atol=1e-9)
     refattn.nystrom_attention(q, k, v, num_landmarks=5, scale=1e-7)

@@ -39,5 +39,5 @@ def test_claim_status_in_quick_mode(claim_id):
 def test_claims_run_on_array_api_strict():
     """The checks exercise refattn through the backend they are given."""
     ctx = Context(quick=True, backend=backends.get("array_api_strict"))
-    for claim_id in ("nys-exact", "nys-eq16", "nys-order"):
+    for claim_id in ("nys-exact", "nys-eq16", "nys-order", "nys-pinv"):
         assert REGISTRY[claim_id].check(ctx).status == EXPECTED[claim_id]

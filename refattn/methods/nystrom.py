@@ -362,7 +362,7 @@ def pinv_iterates(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scale
         alpha = _paper_init(xp, a)[0]
     else:
         _check_init_scale(init_scale)
-        alpha = init_scale
+        alpha = float(init_scale)
     z = xp.matrix_transpose(a) * alpha
     out = [z]
     if iterations:
@@ -441,7 +441,7 @@ def _pinv_forward(a: Any, *, mode: str, iterations: int, init_scale: float | Non
         alpha, c, r = _paper_init(xp, a)
         init_desc = "the paper's Z_0 = A^T/(||A||_1 ||A||_inf)"
     else:
-        alpha, c, r = init_scale, None, None
+        alpha, c, r = float(init_scale), None, None
         init_desc = f"Z_0 = {init_scale:g} A^T"
     z = xp.matrix_transpose(a) * alpha
     iterates = []
