@@ -299,14 +299,22 @@ def nys_on(ctx: Context):
     peaks_model = [N.cost(n, d, d, num_landmarks=m).peak_bytes for n in ns]
     slope_f = math.log2(flops[-1] / flops[-2])
     slope_pm = math.log2(peaks_model[-1] / peaks_model[-2])
-    counted = ""
+    counted, counted_ok = "", True
     measure = getattr(refattn.cost, "measure", None)
     if measure is not None:
-        rs = np.random.default_rng(3)
-        q, k, v = rs.standard_normal((512, 16)), rs.standard_normal((512, 16)), rs.standard_normal((512, 16))
-        c = measure(refattn.nystrom_attention, q, k, v, num_landmarks=16)
-        closed = N.cost(512, 16, 16, num_landmarks=16).flops
-        counted = f" Counted flops at n = 512, m = 16: {c.flops} (closed form {closed})."
+        cn, cflops, cpeaks = [256, 1024, 4096], [], []
+        for n in cn:
+            rs = np.random.default_rng(3)
+            q, k, v = rs.standard_normal((n, 16)), rs.standard_normal((n, 16)), rs.standard_normal((n, 16))
+            c = measure(refattn.nystrom_attention, q, k, v, num_landmarks=16)
+            cflops.append(c.flops)
+            cpeaks.append(c.peak_bytes)
+        closed = [N.cost(n, 16, 16, num_landmarks=16).flops for n in cn]
+        cslope = math.log(cpeaks[-1] / cpeaks[-2]) / math.log(cn[-1] / cn[-2])
+        counted_ok = cflops == closed and cslope < 1.05
+        counted = (f" Counted (refattn.cost.measure, m = d = 16, n = {cn}): flops {cflops} "
+                   f"({'equal to' if cflops == closed else 'DIFFERENT from'} the closed form), peak bytes {cpeaks}, "
+                   f"slope {cslope:.3f}.")
     b = refattn.backends.get("numpy")
     mem_ns = [1024, 4096] if ctx.quick else [1024, 4096, 16384]
     peaks, times = [], []
@@ -325,7 +333,7 @@ def nys_on(ctx: Context):
             tracemalloc.stop()
     slope_mem = math.log(peaks[-1] / peaks[0]) / math.log(mem_ns[-1] / mem_ns[0])
     slope_t = math.log(times[-1] / times[0]) / math.log(mem_ns[-1] / mem_ns[0])
-    ok = 0.95 <= slope_f <= 1.0 and 0.95 <= slope_pm <= 1.0 and slope_mem < 1.25
+    ok = 0.95 <= slope_f <= 1.0 and 0.95 <= slope_pm <= 1.0 and slope_mem < 1.25 and counted_ok
     evidence = (f"Closed-form flops at m = d = dv = {m} (exactly the operations of the forward pass, "
                 f"refattn.methods.nystrom.cost): local slope {slope_f:.4f} between n = {ns[-2]} and {ns[-1]} "
                 f"(for mk = n: flops = n (4 m d + 4 m dv + 10 m + 2 d - 2) + O(J m^3 + m^2 (d + dv)): linear in n, "
