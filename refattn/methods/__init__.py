@@ -1,10 +1,11 @@
 """Attention methods. Each module exposes ``forward``, ``backward``, ``cost`` and its public
 function (see DESIGN.md, "The method contract")."""
 
-from . import linear, linformer, random_features, softmax
+from . import linear, linformer, nystrom, random_features, softmax
 from ._prefix import causal_dot, causal_dot_backward
 from .linear import efficient_attention, linear_attention
 from .linformer import linformer_attention, verma_attention, verma_projections
+from .nystrom import nystrom_attention
 from .random_features import hyperbolic_features, positive_features, random_feature_attention, trig_features
 from .softmax import softmax_attention
 
@@ -17,6 +18,8 @@ __all__ = [
     "linear_attention",
     "linformer",
     "linformer_attention",
+    "nystrom",
+    "nystrom_attention",
     "positive_features",
     "random_feature_attention",
     "random_features",
