@@ -8,7 +8,7 @@ complexity instrumentation and property tests of what its paper claims.
 from . import backends, methods, random, testing
 from ._vjp import registered, vjp
 from .cost import Cost
-from .methods import causal_dot, causal_dot_backward, softmax_attention
+from .methods import causal_dot, causal_dot_backward, heat_attention, kernel_attention, softmax_attention
 
 __version__ = "0.1.0"
 
@@ -17,6 +17,8 @@ __all__ = [
     "backends",
     "causal_dot",
     "causal_dot_backward",
+    "heat_attention",
+    "kernel_attention",
     "methods",
     "random",
     "registered",
