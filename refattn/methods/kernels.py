@@ -84,7 +84,7 @@ from .._xp import check_finite as _check_finite_array
 from ..cost import Cost
 from ._prefix import DEFAULT_CHUNK, causal_dot, causal_dot_backward
 
-__all__ = ["kernel_attention", "forward", "backward", "cost", "Residuals", "grads_type", "KINDS",
+__all__ = ["kernel_attention", "forward", "backward", "cost", "Residuals", "grads_type", "KINDS", "feature_map",
            "PARAM_NAMES", "parameter_count", "init_params", "orthogonality_penalty",
            "orthogonality_penalty_forward", "orthogonality_penalty_backward", "default_rank"]
 
@@ -270,24 +270,24 @@ def _assemble_backward(xp: Any, fq: Any, fk: Any, vaug: Any, out: Any, pos: Any,
 # ----------------------------------------------------------------------------------------------
 
 def _validate_params(xp: Any, q: Any, units: tuple[str, ...], params: tuple[Any, ...],
-                     batch: tuple[int, ...]) -> list[tuple[str, tuple[Any, ...]]]:
+                     batch: tuple[int, ...], ref: str = "q") -> list[tuple[str, tuple[Any, ...]]]:
     expected = [f"{p}{i}" for i, u in enumerate(units) for p in PARAM_NAMES[u]]
     if len(params) != len(expected):
-        msg = (f"kernel {units} takes {len(expected)} weight arrays ({', '.join(expected)}) after q, k, v, "
+        msg = (f"kernel {units} takes {len(expected)} weight arrays ({', '.join(expected)}) after the inputs, "
                f"got {len(params)}")
         raise TypeError(msg)
     named = dict(zip(expected, params))
-    check_same_namespace_device({"q": q, **named}, xp, "q")
+    check_same_namespace_device({ref: q, **named}, xp, ref)
     for name, w in named.items():
         check_float_array(name, w, xp, ndim_min=2)
         if w.dtype != q.dtype:
-            msg = f"{name} must have the dtype of q ({q.dtype}), got {w.dtype}"
+            msg = f"{name} must have the dtype of {ref} ({q.dtype}), got {w.dtype}"
             raise TypeError(msg)
         try:
             broadcast_shapes(batch, w.shape[:-2])
         except ValueError:
             msg = (f"{name}'s leading (head) dimensions {tuple(w.shape[:-2])} do not broadcast against the "
-                   f"batch dimensions {batch} of q, k, v")
+                   f"batch dimensions {batch} of the inputs")
             raise ValueError(msg) from None
         _check_finite_array(name, w, xp)
     out, pos, d_in = [], 0, q.shape[-1]
@@ -297,7 +297,8 @@ def _validate_params(xp: Any, q: Any, units: tuple[str, ...], params: tuple[Any,
         wf = ws[0]
         if wf.shape[-2] != d_in:
             msg = (f"{PARAM_NAMES[u][0]}{i} must have shape (..., {d_in}, d_out) (its input is "
-                   f"{'q/k' if i == 0 else f'the output of unit {i - 1}'} with {d_in} features), got {tuple(wf.shape)}")
+                   f"{ref if i == 0 else f'the output of unit {i - 1}'} with {d_in} features), "
+                   f"got {tuple(wf.shape)}")
             raise ValueError(msg)
         d_out = wf.shape[-1]
         if u in ("glu", "oglu") and tuple(ws[1].shape[-2:]) != (d_in, d_out):
@@ -439,6 +440,20 @@ def kernel_attention(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu
     """
     return forward(q, k, v, *params, kernel=kernel, mask=mask, causal=causal, scale=scale,
                    key_lengths=key_lengths, chunk=chunk, check_finite=check_finite)[0]
+
+
+def feature_map(x: Any, /, *params: Any, kernel: Any = "glu") -> Any:
+    """The feature map ``phi(x)`` of ``kernel`` alone (the same function :func:`kernel_attention` applies
+    to queries and keys): ``x (..., N, d)`` -> ``(..., N, D)``. Weights validated as there."""
+    xp = namespace(x)
+    check_float_array("x", x, xp, ndim_min=2)
+    units = _validate_params(xp, x, _parse_kernel(kernel), params, tuple(x.shape[:-2]), ref="x")
+    dtype, work = x.dtype, compute_dtype(xp, x.dtype)
+    if work != dtype:
+        x = xp.astype(x, work)
+        units = [(u, tuple(xp.astype(w, work) for w in ws)) for u, ws in units]
+    y = _phi_forward(xp, x, units)[0]
+    return xp.astype(y, dtype) if work != dtype else y
 
 
 # ----------------------------------------------------------------------------------------------
