@@ -419,6 +419,8 @@ def test_bad_input():
         h(q, k, np.full_like(v, np.nan), rank=2, check_finite=True)
     with pytest.raises(TypeError, match="share one dtype"):
         h(q, k.astype(np.float32), v, rank=2)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        h(q, k, np.zeros((6, 4)), reading="hadamard", impl="fast")
     with pytest.raises(ValueError, match="block_q"):
         h(q, k, np.zeros((6, 4)), reading="hadamard", block_q=0)
     with pytest.raises(ValueError, match="at most the rank available"):

@@ -506,6 +506,9 @@ def forward(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str 
     shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))
     skw = {"mask": mask, "causal": causal, "key_lengths": key_lengths, "impl": impl,
            "block_q": block_q, "block_k": block_k}
+    if impl not in _softmax.IMPLS:
+        msg = f"impl must be one of {_softmax.IMPLS}, got {impl!r}"
+        raise ValueError(msg)
     if reading == "hadamard":
         if dvd != d:
             msg = (f"reading='hadamard' weights channel c of v by the channel-c logits q_ic k_jc, so v "
