@@ -552,3 +552,16 @@ def test_closed_form_cost_exponent_is_two_for_every_reading():
         fl = [heat.cost(n, n, 64, 64, rank=r, reading=reading, basis=basis).flops for n in ns]
         slope = np.polyfit(np.log(ns), np.log(fl), 1)[0]
         assert abs(slope - 2) < 0.05, (reading, basis, slope)
+
+
+@pytest.mark.parametrize("reading,basis", OPTIONS)
+def test_blockwise_softmax_path_and_key_lengths(reading, basis):
+    """The readings pass impl/blocks/masks to refattn.softmax_attention: the blockwise path equals the dense
+    one (same sums regrouped: 1e-13 relative, see test_softmax.py), and gradients hold with key_lengths."""
+    q, k, v = host_qkv(95, batch=(2,), n=7, m=9, d=4, dv=3)
+    kw = {"rank": 2, "reading": reading, "basis": basis, "causal": "bottom_right"}
+    a = heat.heat_attention(q, k, v, impl="blockwise", block_q=3, block_k=4, **kw)
+    np.testing.assert_allclose(a, heat.heat_attention(q, k, v, impl="dense", **kw), rtol=1e-13, atol=1e-15)
+    gradcheck(heat.heat_attention, (q, k, v), kwargs={"rank": 2, "reading": reading, "basis": basis,
+                                                      "impl": "blockwise", "block_q": 3, "block_k": 4,
+                                                      "key_lengths": np.array([5, 9])})
