@@ -1,8 +1,10 @@
 """Attention methods. Each module exposes ``forward``, ``backward``, ``cost`` and its public
 function (see DESIGN.md, "The method contract")."""
 
-from . import linear, linformer, nystrom, random_features, softmax
+from . import heat, kernels, linear, linformer, nystrom, random_features, softmax
 from ._prefix import causal_dot, causal_dot_backward
+from .heat import heat_attention
+from .kernels import kernel_attention
 from .linear import efficient_attention, linear_attention
 from .linformer import linformer_attention, verma_attention, verma_projections
 from .nystrom import nystrom_attention
@@ -13,7 +15,11 @@ __all__ = [
     "causal_dot",
     "causal_dot_backward",
     "efficient_attention",
+    "heat",
+    "heat_attention",
     "hyperbolic_features",
+    "kernel_attention",
+    "kernels",
     "linear",
     "linear_attention",
     "linformer",

@@ -1,0 +1,58 @@
+"""The ledger of paper 000 (HEAT) in quick mode: each claim's status, derived from the mathematics.
+
+- heat-eq10 fails: A(x ⊙ y) = (Ax) ⊙ (Ay) for all x, y iff every row of A has at most one non-zero, equal
+  to 1 (refattn.methods.heat.eq10_holds); a general low-rank A is not of that form.
+- heat-eq5 holds conditionally: Eckart-Young, with the constraint rank(X) <= r (not = r) and uniqueness
+  only for sigma_r > sigma_{r+1}.
+- heat-eq7, heat-eq2 fail on shapes (vector vs matrix / scalar); heat-eq3 fails (the attention matrix
+  depends on the input); heat-eq6 fails for lambda > 0 (soft-thresholding shrinks the kept singular
+  values); heat-nys-construct fails (n^2 entries).
+- heat-on fails: every reading forms n x m logits, FLOPs ~ n^2.
+- heat-eq8 and heat-exact-hadamard hold conditionally (exact only at full rank; distinct only under the
+  channel-wise reading).
+"""
+
+from __future__ import annotations
+
+import pytest
+from refattn.verification import heat  # noqa: F401  (registers the claims)
+from refattn.verification._verdict import REGISTRY, Context
+
+import refattn
+
+EXPECTED = {
+    "heat-eq10": "fails",
+    "heat-eq5": "holds-conditionally",
+    "heat-eq7": "fails",
+    "heat-on": "fails",
+    "heat-eq2": "fails",
+    "heat-eq3": "fails",
+    "heat-eq6": "fails",
+    "heat-eq8": "holds-conditionally",
+    "heat-exact-hadamard": "holds-conditionally",
+    "heat-nys-construct": "fails",
+}
+
+
+def test_every_claim_of_paper_000_is_registered():
+    assert {c for c, info in REGISTRY.items() if info.paper == "000"} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("claim_id", sorted(EXPECTED))
+def test_quick_status(claim_id):
+    verdict = REGISTRY[claim_id].check(Context(quick=True, backend=refattn.backends.get("numpy")))
+    assert verdict.status == EXPECTED[claim_id], verdict.evidence
+    assert verdict.evidence and verdict.figure
+
+
+def test_heat_on_has_a_figure_and_exponents_near_two():
+    verdict = REGISTRY["heat-on"].check(Context(quick=True, backend=refattn.backends.get("numpy")))
+    assert verdict.plot is not None and verdict.plot.loglog
+    exps = [float(x) for x in verdict.figure.removeprefix("exponents ").split(", ")]
+    assert all(1.8 < e < 2.05 for e in exps)
+
+
+def test_quick_status_under_array_api_strict():
+    be = refattn.backends.get("array_api_strict")
+    for claim_id in ("heat-eq10", "heat-eq5", "heat-eq8"):
+        assert REGISTRY[claim_id].check(Context(quick=True, backend=be)).status == EXPECTED[claim_id]
