@@ -5,10 +5,12 @@ and array-api-strict. Every method has a forward pass, a hand-written backward p
 complexity instrumentation and property tests of what its paper claims.
 """
 
-from . import backends, methods, random, testing
+from . import backends, hadamard, methods, mha, random, testing
 from ._vjp import registered, vjp
 from .cost import Cost
+from .hadamard import fwht, wht_projection
 from .methods import causal_dot, causal_dot_backward, softmax_attention
+from .mha import multi_head_attention
 
 __version__ = "0.1.0"
 
@@ -17,10 +19,15 @@ __all__ = [
     "backends",
     "causal_dot",
     "causal_dot_backward",
+    "fwht",
+    "hadamard",
     "methods",
+    "mha",
+    "multi_head_attention",
     "random",
     "registered",
     "softmax_attention",
     "testing",
     "vjp",
+    "wht_projection",
 ]
