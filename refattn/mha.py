@@ -103,7 +103,7 @@ class Grads(tuple):
 
     def __repr__(self) -> str:
         named = [f"{n}={'None' if g is None else tuple(g.shape)}" for n, g in zip(("d" + s for s in _NAMES), self)]
-        rest = [f"dparam{i}={tuple(g.shape)}" for i, g in enumerate(self[10:])]
+        rest = [f"dparam{i}={'None' if g is None else tuple(g.shape)}" for i, g in enumerate(self[10:])]
         return f"Grads({', '.join(named + rest)})"
 
 
