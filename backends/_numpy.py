@@ -1,13 +1,33 @@
-"""NumPy backend (the default, CPU). Peak memory through tracemalloc, which NumPy reports to."""
+"""NumPy backend (the default, CPU). Peak memory through tracemalloc, which NumPy reports to.
+
+Primitives: ``fwht`` (Kronecker-factored GEMMs through BLAS, :mod:`refattn.backends._hadamard`).
+"""
 
 from __future__ import annotations
 
 import tracemalloc
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 from array_api_compat import numpy as xp
 
 from . import Backend
+from ._hadamard import kronecker_fwht, sylvester_host
+
+_H_CACHE: dict[tuple[int, str], Any] = {}
+
+
+def _fwht(x: Any, *, axis: int) -> Any:
+    """``H_c x`` along ``axis`` (``c`` a power of two), unnormalised; see ``_hadamard``."""
+
+    def hadamard(b: int) -> Any:
+        key = (b, str(x.dtype))
+        if key not in _H_CACHE:
+            _H_CACHE[key] = sylvester_host(b).astype(x.dtype)
+        return _H_CACHE[key]
+
+    return kronecker_fwht(x, axis, hadamard)
 
 _baseline = [0]
 
@@ -41,5 +61,5 @@ def make(device=None) -> Backend:
         name="numpy", xp=xp, device="cpu", version=np.__version__,
         asarray=lambda a, dtype=None: np.asarray(a, dtype=dtype),
         to_host=np.asarray, synchronize=lambda: None,
-        reset_peak_memory=_reset, peak_memory=_peak,
+        reset_peak_memory=_reset, peak_memory=_peak, primitives=MappingProxyType({"fwht": _fwht}),
     )

@@ -5,9 +5,10 @@ and array-api-strict. Every method has a forward pass, a hand-written backward p
 complexity instrumentation and property tests of what its paper claims.
 """
 
-from . import backends, methods, random, testing
+from . import backends, hadamard, methods, mha, random, testing
 from ._vjp import registered, vjp
 from .cost import Cost
+from .hadamard import fwht, wht_projection
 from .methods import (
     causal_dot,
     causal_dot_backward,
@@ -21,6 +22,7 @@ from .methods import (
     softmax_attention,
     verma_attention,
 )
+from .mha import multi_head_attention
 
 __version__ = "0.1.0"
 
@@ -30,11 +32,15 @@ __all__ = [
     "causal_dot",
     "causal_dot_backward",
     "efficient_attention",
+    "fwht",
+    "hadamard",
     "heat_attention",
     "kernel_attention",
     "linear_attention",
     "linformer_attention",
     "methods",
+    "mha",
+    "multi_head_attention",
     "nystrom_attention",
     "random",
     "random_feature_attention",
@@ -43,4 +49,5 @@ __all__ = [
     "testing",
     "verma_attention",
     "vjp",
+    "wht_projection",
 ]

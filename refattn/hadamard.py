@@ -1,0 +1,502 @@
+r"""The fast Walsh-Hadamard transform (FWHT) and the WHT output projection of Aggarwal & Kumar (004).
+
+Sylvester's Hadamard matrices (defined for ``c = 2^p`` only):
+
+.. math::
+
+    H_1 = [1], \qquad H_{2c} = \begin{bmatrix} H_c & H_c \\ H_c & -H_c \end{bmatrix},
+    \qquad (H_c)_{ij} = (-1)^{\operatorname{popcount}(i \,\&\, j)} .
+
+``H_c`` is symmetric with entries ``+-1`` and ``H_c H_c^T = c I``, so ``H_c / sqrt(c)`` is
+orthogonal, symmetric and an involution; it preserves norms and inner products.
+
+:func:`fwht` applies ``H_c`` (``normalized=False``) or ``H_c / sqrt(c)`` (default) along one axis
+without forming the matrix: ``p = log2 c`` butterfly stages, each pairing entries ``h = 2^s`` apart
+(``a, b -> a + b, a - b``), written as a reshape of the axis into ``(c / 2h, 2, h)``. Each stage costs
+``c/2`` additions and ``c/2`` subtractions per vector, so the transform costs exactly ``c log2 c``
+flops per vector, plus ``c`` multiplications for the ``1/sqrt(c)`` normalisation (:func:`fwht_cost`).
+No ``c x c`` array is ever stored (004, Fig. 3: "FWHT requires zero stored weights").
+
+Backward: the transform is linear with a symmetric matrix, so its vector-Jacobian product is the
+transform itself, ``dx = H^T dy = H dy`` (normalised or not, the same way as the forward pass).
+
+:func:`wht_projection` is 004's replacement of the dense attention output projection ``W_O``:
+
+.. math::
+
+    y = \gamma \odot \frac{H_c x}{\sqrt c} + \beta \qquad (x, y, \gamma, \beta \in \mathbb R^c)
+
+along the last axis, with a learnable per-channel scale ``gamma`` and shift ``beta``. **Reading.**
+The available text of 004 is its abstract: "a fixed, parameter-free Walsh-Hadamard Transform
+followed by a lightweight learnable affine rescaling" (v1) / "followed by a diagonal affine
+transformation" (v2). refattn reads that as the formula above: the orthonormal WHT first (the
+abstract calls the transform "orthogonal, norm-preserving", which requires the ``1/sqrt(c)``), then a
+diagonal scale and an additive shift, ``2c`` parameters. ``shift=None`` gives the scale-only
+variant (``c`` parameters); ``normalized=False`` drops the ``1/sqrt(c)`` (it can be absorbed in
+``gamma``). Gradients: ``dbeta = sum dy``, ``dgamma = sum dy * (H x / sqrt c)`` over the leading
+axes, ``dx = H (gamma * dy) / sqrt(c)``.
+
+Sizes that are not a power of two
+---------------------------------
+By default a ``ValueError`` (a Sylvester matrix, and the ``c log2 c`` count, need ``c = 2^p``; GPT-2
+base has ``c = 768``). With ``pad=True``:
+
+- ``fwht(x, pad=True)`` zero-pads the axis to ``c' = 2^ceil(log2 c)`` and transforms, returning
+  ``c'`` entries: ``fwht(x, pad=True) == fwht(concat(x, zeros(c' - c)))``, normalised by
+  ``1/sqrt(c')`` (so it still preserves norms: padding adds zeros). Cost ``c' log2 c' (+ c')``.
+- ``wht_projection(x, ..., pad=True)`` must keep the width ``c`` (the residual stream needs it), so
+  it keeps the first ``c`` outputs: the matrix applied is the leading ``c x c`` block of
+  ``H_{c'} / sqrt(c')``. That block is symmetric but **not orthogonal** for ``c`` not a power of
+  two (at ``c = 768`` its singular values lie in ``[1/2, 1]``: some directions are halved), so the
+  norm-preservation argument of 004 does not carry over. Its backward pass is the same operation.
+
+Backend primitives
+------------------
+``impl="generic"`` (default) runs the array-API butterflies above: the oracle, with the exact cost
+model. ``impl="backend"`` runs the primitive ``primitives["fwht"]`` of the array's backend (see
+:mod:`refattn.backends`) and raises ``ValueError`` where the backend has none; ``impl="auto"``
+uses the primitive when there is one. Contract of a primitive: ``fwht(x, *, axis) -> H_c x`` along
+the non-negative ``axis`` of a real floating ``x`` whose ``x.shape[axis] = c`` is a power of two,
+unnormalised, same dtype, shape and device; refattn does the padding, the normalisation and the
+half-precision casts around it. Tests compare every primitive with the generic transform.
+
+Half-precision inputs are transformed in float32 and cast back (``refattn._xp.compute_dtype``).
+
+References
+----------
+S. Aggarwal, L. Kumar, "Rethinking Attention Output Projection: Structured Hadamard Transforms for
+Efficient Transformers", arXiv 2603.08343 (2026). J. J. Sylvester (1867). Fino & Algazi, "Unified
+matrix treatment of the fast Walsh-Hadamard transform", IEEE Trans. Computers (1976).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ._vjp import defvjp
+from ._xp import check_float_array, check_same_namespace_device, compute_dtype, device, namespace
+from .cost import Cost
+
+__all__ = [
+    "IMPLS",
+    "fwht",
+    "fwht_forward",
+    "fwht_backward",
+    "fwht_cost",
+    "FWHTResiduals",
+    "FWHTGrads",
+    "wht_projection",
+    "wht_forward",
+    "wht_backward",
+    "wht_cost",
+    "WHTResiduals",
+    "WHTGrads",
+    "hadamard_matrix",
+    "is_power_of_two",
+    "next_power_of_two",
+    "backend_primitive",
+]
+
+IMPLS = ("generic", "backend", "auto")
+
+
+def is_power_of_two(c: int) -> bool:
+    """``c = 2^p`` for an integer ``p >= 0``."""
+    return isinstance(c, int) and not isinstance(c, bool) and c >= 1 and c & (c - 1) == 0
+
+
+def next_power_of_two(c: int) -> int:
+    """The smallest ``2^p >= c`` (``c >= 1``)."""
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        msg = f"c must be a positive integer, got {c!r}"
+        raise ValueError(msg)
+    return 1 << (c - 1).bit_length()
+
+
+def hadamard_matrix(c: int, /, *, xp: Any = None, dtype: Any = None, device: Any = None) -> Any:
+    """Sylvester's Hadamard matrix ``H_c`` (entries ``+-1``, ``H_c H_c^T = c I``), for tests.
+
+    Parameters
+    ----------
+    c : int, a power of two.
+    xp : array namespace, optional
+        Default: the NumPy backend's namespace.
+    dtype : dtype of ``xp``, optional (default ``xp.float64``).
+    device : device of ``xp``, optional.
+
+    Raises
+    ------
+    ValueError
+        ``c`` is not a power of two (Sylvester's construction needs ``c = 2^p``).
+    """
+    if not is_power_of_two(c):
+        msg = f"c must be a power of two for Sylvester's Hadamard matrix, got {c!r}"
+        raise ValueError(msg)
+    if xp is None:
+        from . import backends
+
+        xp = backends.get("numpy").xp
+    dtype = xp.float64 if dtype is None else dtype
+    h = xp.ones((1, 1), dtype=dtype, device=device)
+    while h.shape[0] < c:
+        h = xp.concat((xp.concat((h, h), axis=1), xp.concat((h, -h), axis=1)), axis=0)
+    return h
+
+
+# ------------------------------------------------------------------------------------------------
+# validation and the core transform
+
+
+def _check_axis(axis: Any, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        msg = f"axis must be an integer, got {axis!r}"
+        raise TypeError(msg)
+    if not -ndim <= axis < ndim:
+        msg = f"axis {axis} is out of range for x with {ndim} dimensions (valid: {-ndim} .. {ndim - 1})"
+        raise ValueError(msg)
+    return axis % ndim
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        msg = f"{name} must be True or False, got {value!r}"
+        raise TypeError(msg)
+
+
+def _check_impl(impl: Any) -> None:
+    if impl not in IMPLS:
+        msg = f"impl must be one of {IMPLS}, got {impl!r}"
+        raise ValueError(msg)
+
+
+def _padded_size(c: int, pad: bool, what: str) -> int:
+    if c < 1:
+        msg = f"{what} must have length >= 1 to transform, got {c}"
+        raise ValueError(msg)
+    if is_power_of_two(c):
+        return c
+    if not pad:
+        msg = (f"{what} must have a power-of-two length for the Walsh-Hadamard transform, got {c}; "
+               f"pass pad=True to zero-pad it to {next_power_of_two(c)} (see refattn.hadamard)")
+        raise ValueError(msg)
+    return next_power_of_two(c)
+
+
+# namespace module name -> backend name, for the primitive lookup
+_BACKEND_OF = {"array_api_compat.numpy": "numpy", "numpy": "numpy", "array_api_compat.torch": "torch",
+               "array_api_compat.cupy": "cupy", "array_api_strict": "array_api_strict"}
+_PRIMITIVE_CACHE: dict[tuple[str, str], Callable[..., Any] | None] = {}
+
+
+def backend_primitive(xp: Any, name: str = "fwht") -> Callable[..., Any] | None:
+    """The backend primitive ``name`` for arrays of namespace ``xp``, or ``None`` if there is none."""
+    key = (getattr(xp, "__name__", repr(xp)), name)
+    if key not in _PRIMITIVE_CACHE:
+        from . import backends
+
+        found = None
+        candidates = [_BACKEND_OF[key[0]]] if key[0] in _BACKEND_OF else list(backends.names())
+        for bname in candidates:
+            try:
+                be = backends.get(bname)
+            except (backends.BackendUnavailable, ImportError):
+                continue
+            if be.xp is xp or bname == _BACKEND_OF.get(key[0]):
+                found = be.primitives.get(name)
+                break
+        _PRIMITIVE_CACHE[key] = found
+    return _PRIMITIVE_CACHE[key]
+
+
+def _butterflies(xp: Any, x: Any, axis: int) -> Any:
+    """Unnormalised ``H_c x`` along ``axis`` (``c`` a power of two): ``log2 c`` butterfly stages.
+
+    The array is viewed as ``(P, c, Q)``; stage ``h`` views it as ``(P, c / 2h, 2, h, Q)`` and maps
+    the pair ``(a, b)`` (entries ``h`` apart) to ``(a + b, a - b)``. Stage order does not matter:
+    ``H_c = H_2 (x) ... (x) H_2`` and each stage applies one Kronecker factor.
+    """
+    shape = tuple(x.shape)
+    c = shape[axis]
+    pre, post = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    y = x
+    h = 1
+    while h < c:
+        y = xp.reshape(y, (pre, c // (2 * h), 2, h, post))
+        a, b = y[..., 0, :, :], y[..., 1, :, :]
+        y = xp.stack((a + b, a - b), axis=2)
+        h *= 2
+    return xp.reshape(y, shape)
+
+
+def _pad_axis(xp: Any, x: Any, axis: int, c_pad: int) -> Any:
+    c = x.shape[axis]
+    if c_pad == c:
+        return x
+    zshape = tuple(c_pad - c if i == axis else s for i, s in enumerate(x.shape))
+    return xp.concat((x, xp.zeros(zshape, dtype=x.dtype, device=device(x))), axis=axis)
+
+
+def _take_axis(x: Any, axis: int, c: int) -> Any:
+    if x.shape[axis] == c:
+        return x
+    return x[(slice(None),) * axis + (slice(0, c),) + (...,)]
+
+
+def _transform(xp: Any, x: Any, axis: int, c_pad: int, normalized: bool, impl: str) -> Any:
+    """``H_{c'} [x; 0]`` (times ``1/sqrt(c')`` if ``normalized``) along ``axis``, in x's dtype."""
+    x = _pad_axis(xp, x, axis, c_pad)
+    prim = None if impl == "generic" else backend_primitive(xp)
+    if impl == "backend" and prim is None:
+        msg = (f"impl='backend' needs a backend that registers an 'fwht' primitive; the backend of "
+               f"{xp.__name__} has none (use impl='generic' or 'auto')")
+        raise ValueError(msg)
+    y = prim(x, axis=axis) if prim is not None else _butterflies(xp, x, axis)
+    if normalized and c_pad > 1:
+        y = y * (1.0 / math.sqrt(c_pad))
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# fwht
+
+
+class FWHTResiduals(NamedTuple):
+    """What the backward pass needs: no arrays (the transform is linear and fixed)."""
+
+    axis: int
+    c: int  # length of x along axis
+    c_pad: int  # length of the output along axis
+    normalized: bool
+    impl: str
+    dtype: Any
+    work: Any
+    xp: Any
+
+
+class FWHTGrads(NamedTuple):
+    dx: Any
+
+
+def fwht_forward(x: Any, /, *, axis: int = -1, normalized: bool = True, pad: bool = False,
+                 impl: str = "generic") -> tuple[Any, FWHTResiduals]:
+    """Forward pass of :func:`fwht`: ``(y, FWHTResiduals)``."""
+    xp = namespace(x)
+    check_float_array("x", x, xp, ndim_min=1)
+    ax = _check_axis(axis, x.ndim)
+    _check_flag("normalized", normalized)
+    _check_flag("pad", pad)
+    _check_impl(impl)
+    c = x.shape[ax]
+    c_pad = _padded_size(c, pad, f"x along axis {axis}")
+    dtype, work = x.dtype, compute_dtype(xp, x.dtype)
+    xw = xp.astype(x, work) if work != dtype else x
+    y = _transform(xp, xw, ax, c_pad, normalized, impl)
+    res = FWHTResiduals(ax, c, c_pad, normalized, impl, dtype, work, xp)
+    return (xp.astype(y, dtype) if work != dtype else y), res
+
+
+def fwht_backward(res: FWHTResiduals, dy: Any, /) -> FWHTGrads:
+    """Backward of :func:`fwht`: ``dx = P^T H dy`` (``H`` symmetric; ``P`` the zero-padding)."""
+    xp = res.xp
+    g = xp.astype(dy, res.work) if dy.dtype != res.work else dy
+    dx = _take_axis(_transform(xp, g, res.axis, res.c_pad, res.normalized, res.impl), res.axis, res.c)
+    return FWHTGrads(xp.astype(dx, res.dtype) if dx.dtype != res.dtype else dx)
+
+
+def fwht_cost(c: int, /, *, batch: int = 1, normalized: bool = True, pad: bool = False) -> Cost:
+    """Closed-form cost of ``fwht(x)`` (``impl="generic"``) for ``batch`` vectors of length ``c``.
+
+    ``flops = batch * (c' log2 c' + [normalized] c')`` with ``c' = c`` (a power of two) or the next
+    power of two (``pad=True``): ``log2 c'`` stages of ``c'/2`` additions and ``c'/2``
+    subtractions, then one multiplication per entry. No transcendentals (``1/sqrt(c')`` is a Python
+    constant). Only ``flops`` and ``transcendentals`` are modelled (bytes are left at 0).
+    """
+    for name, v in (("c", c), ("batch", batch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "c" else 0):
+            msg = f"{name} must be a {'positive' if name == 'c' else 'non-negative'} integer, got {v!r}"
+            raise ValueError(msg)
+    c_pad = _padded_size(c, pad, "c")
+    p = c_pad.bit_length() - 1
+    per_vector = c_pad * p + (c_pad if normalized and c_pad > 1 else 0)
+    return Cost(flops=batch * per_vector, transcendentals=0)
+
+
+@defvjp(fwht_forward, fwht_backward)
+def fwht(x: Any, /, *, axis: int = -1, normalized: bool = True, pad: bool = False,
+         impl: str = "generic") -> Any:
+    r"""Fast Walsh-Hadamard transform ``H_c x / sqrt(c)`` (or ``H_c x``) along ``axis``.
+
+    Parameters
+    ----------
+    x : array ``(..., c, ...)``
+        Real floating; ``c = x.shape[axis]`` a power of two unless ``pad=True``.
+    axis : int
+        The axis to transform (negative values count from the end).
+    normalized : bool
+        Multiply by ``1/sqrt(c)`` (default): the orthonormal, involutive transform. ``False``: the
+        integer Sylvester matrix ``H_c``.
+    pad : bool
+        Zero-pad a non-power-of-two axis to the next power of two ``c'`` (the output then has ``c'``
+        entries along ``axis``, normalised by ``1/sqrt(c')``). Default: raise.
+    impl : {"generic", "backend", "auto"}
+        The array-API butterflies (the oracle), the backend's ``fwht`` primitive, or the primitive
+        when the backend has one.
+
+    Returns
+    -------
+    y : array of ``x``'s shape (``c'`` along ``axis`` when padded) and dtype.
+
+    Raises
+    ------
+    TypeError
+        ``x`` not a real floating array, a non-integer ``axis``, non-bool flags.
+    ValueError
+        ``axis`` out of range, a length that is not a power of two without ``pad=True``, an unknown
+        ``impl``, ``impl="backend"`` on a backend without the primitive.
+
+    Notes
+    -----
+    ``y = H_c x`` with Sylvester's ``H_c``; ``log2 c`` butterfly stages, ``c log2 c`` additions and
+    subtractions per vector (plus ``c`` multiplications when normalised); see :func:`fwht_cost`.
+    The vector-Jacobian product is the same transform (``H`` is symmetric).
+
+    Examples
+    --------
+    >>> fwht(xp.asarray([1.0, 0.0, 0.0, 0.0]), normalized=False)   # doctest: +SKIP
+    array([1., 1., 1., 1.])
+    """
+    return fwht_forward(x, axis=axis, normalized=normalized, pad=pad, impl=impl)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# wht_projection
+
+
+class WHTResiduals(NamedTuple):
+    """``t = H x / sqrt(c)`` (the transform before the affine map), the scale, and the options."""
+
+    t: Any
+    scale: Any
+    has_shift: bool
+    c: int
+    c_pad: int
+    normalized: bool
+    impl: str
+    dtype: Any
+    work: Any
+    shapes: tuple[tuple[int, ...], ...]
+
+
+class WHTGrads(NamedTuple):
+    dx: Any
+    dscale: Any
+    dshift: Any  # None when shift is None
+
+
+def wht_forward(x: Any, /, scale: Any, shift: Any = None, *, normalized: bool = True, pad: bool = False,
+                impl: str = "generic") -> tuple[Any, WHTResiduals]:
+    """Forward pass of :func:`wht_projection`: ``(y, WHTResiduals)``."""
+    xp = namespace(x, scale, shift)
+    check_same_namespace_device({"x": x, "scale": scale, "shift": shift}, xp, "x")
+    check_float_array("x", x, xp, ndim_min=1)
+    c = x.shape[-1]
+    for name, a in (("scale", scale), ("shift", shift)):
+        if a is None and name == "shift":
+            continue
+        check_float_array(name, a, xp)
+        if tuple(a.shape) != (c,):
+            msg = f"{name} must have shape ({c},) to match x's last axis, got {tuple(a.shape)}"
+            raise ValueError(msg)
+        if a.dtype != x.dtype:
+            msg = f"{name} must have x's dtype {x.dtype}, got {a.dtype}"
+            raise TypeError(msg)
+    _check_flag("normalized", normalized)
+    _check_flag("pad", pad)
+    _check_impl(impl)
+    c_pad = _padded_size(c, pad, "x's last axis")
+    dtype, work = x.dtype, compute_dtype(xp, x.dtype)
+    cast = (lambda a: a if a is None else xp.astype(a, work)) if work != dtype else (lambda a: a)  # noqa: E731
+    xw, sw, bw = cast(x), cast(scale), cast(shift)
+    ax = x.ndim - 1
+    t = _take_axis(_transform(xp, xw, ax, c_pad, normalized, impl), ax, c)
+    y = t * sw
+    if bw is not None:
+        y = y + bw
+    shapes = (tuple(x.shape), tuple(scale.shape), None if shift is None else tuple(shift.shape))
+    res = WHTResiduals(t, sw, shift is not None, c, c_pad, normalized, impl, dtype, work, shapes)
+    return (xp.astype(y, dtype) if work != dtype else y), res
+
+
+def wht_backward(res: WHTResiduals, dy: Any, /) -> WHTGrads:
+    r"""Backward of :func:`wht_projection`.
+
+    With ``t = M x`` (``M`` the symmetric, possibly truncated-padded, normalised Hadamard block) and
+    ``y = gamma * t + beta``: ``dbeta = sum_rows dy``, ``dgamma = sum_rows dy * t``,
+    ``dx = M^T (gamma * dy) = M (gamma * dy)``.
+    """
+    xp = namespace(res.t)
+    g = xp.astype(dy, res.work) if dy.dtype != res.work else dy
+    lead = tuple(range(g.ndim - 1))
+    dshift = (xp.sum(g, axis=lead) if lead else g) if res.has_shift else None
+    dscale = xp.sum(g * res.t, axis=lead) if lead else g * res.t
+    ax = g.ndim - 1
+    dx = _take_axis(_transform(xp, g * res.scale, ax, res.c_pad, res.normalized, res.impl), ax, res.c)
+    out = [dx, dscale, dshift]
+    return WHTGrads(*(a if a is None or a.dtype == res.dtype else xp.astype(a, res.dtype) for a in out))
+
+
+def wht_cost(c: int, /, *, batch: int = 1, normalized: bool = True, pad: bool = False,
+             shift: bool = True) -> Cost:
+    """Closed-form cost of ``wht_projection`` (generic impl) on ``batch`` rows of width ``c``.
+
+    ``fwht_cost(c, pad=pad)`` plus ``c`` multiplications by the scale and ``c`` additions of the
+    shift per row (``shift=False``: no additions). With ``pad=True`` the transform runs at width
+    ``c'`` and the affine map at width ``c``.
+    """
+    base = fwht_cost(c, batch=batch, normalized=normalized, pad=pad)
+    return Cost(flops=base.flops + batch * c * (2 if shift else 1), transcendentals=0)
+
+
+@defvjp(wht_forward, wht_backward)
+def wht_projection(x: Any, /, scale: Any, shift: Any = None, *, normalized: bool = True, pad: bool = False,
+                   impl: str = "generic") -> Any:
+    r"""004's WHT output projection ``y = scale * (H_c x / sqrt(c)) + shift`` along the last axis.
+
+    Parameters
+    ----------
+    x : array ``(..., c)``
+        Real floating (the merged head outputs in multi-head attention).
+    scale : array ``(c,)``
+        The learnable per-channel scale ``gamma`` (x's dtype, namespace and device).
+    shift : array ``(c,)`` or None
+        The learnable per-channel shift ``beta``; ``None`` for the scale-only variant.
+    normalized : bool
+        Use ``H_c / sqrt(c)`` (default, orthonormal) or ``H_c``.
+    pad : bool
+        For ``c`` not a power of two: apply the leading ``c x c`` block of ``H_{c'} / sqrt(c')``
+        (zero-pad to ``c'``, transform, keep the first ``c`` outputs). Not orthogonal; see the
+        module notes. Default: raise.
+    impl : {"generic", "backend", "auto"}
+        Which transform (see :func:`fwht`).
+
+    Returns
+    -------
+    y : array ``(..., c)`` in x's dtype.
+
+    Raises
+    ------
+    TypeError
+        Non-floating arrays, mixed dtypes or libraries.
+    ValueError
+        ``scale`` or ``shift`` not of shape ``(c,)``, ``c`` not a power of two without ``pad``.
+
+    Notes
+    -----
+    Reading of 004 (only its abstract is available): "fixed, parameter-free Walsh-Hadamard
+    Transform followed by a lightweight learnable affine rescaling" / "diagonal affine
+    transformation"; see the module docstring. Gradients for ``x``, ``scale`` and ``shift`` through
+    ``refattn.vjp`` (:func:`wht_backward`).
+    """
+    return wht_forward(x, scale, shift, normalized=normalized, pad=pad, impl=impl)[0]
