@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="backends found here, and a forward+backward check of each")
     p.set_defaults(func=cmd_info)
+    from ._check_cli import add_subcommands as add_check_subcommands
+
+    add_check_subcommands(sub)  # refattn check, refattn example-inputs
     args = parser.parse_args(argv)
     return args.func(args)
 
