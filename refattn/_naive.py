@@ -26,7 +26,7 @@ from typing import Any
 from ._masks import make_mask, mask_block
 from ._xp import compute_dtype, device, resolve_scale, unbroadcast, validate_qkv
 
-__all__ = ["BUGS", "naive_attention", "naive_attention_vjp"]
+__all__ = ["BUGS", "naive_attention", "naive_attention_vjp", "bug_regime", "bug_observable"]
 
 BUGS = ("wrong_scale", "causal_off_by_one", "no_max_shift", "dropped_normaliser", "transposed_grad")
 
@@ -122,3 +122,42 @@ def naive_attention_vjp(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: 
         return tuple(unbroadcast(xp, g, sh) for g, sh in zip((dq, dk, dv), shapes))
 
     return out, _quiet(pullback)
+
+
+#: the format in which the naive implementation evaluates exp, and where that overflows
+_EXP_OVERFLOW = {"float16": math.log(65504.0), "bfloat16": math.log(3.3895e38), "float32": math.log(3.4028e38),
+                 "float64": math.log(1.7976931348623157e308)}
+
+
+def bug_regime(bug: str) -> dict[str, Any]:
+    """``check_attention`` keyword arguments for the cases in which ``bug`` is observable.
+
+    Every bug is invisible in some cases, for any oracle: with one key (``m = 1``) the output is
+    that key's value whatever the scale or normaliser; with tiny logits the weights are nearly
+    uniform, so ``P^T ~ P`` and a scale error changes nothing; without a causal mask an off-by-one
+    causal mask does not exist; and ``exp`` only overflows for logits above ``log(max float)``.
+    The regimes: ``n, m, d >= 4``, logit standard deviation 1 or 4, every mask kind; causal masks
+    and ``m = n`` for ``causal_off_by_one``; ``m = n`` for ``transposed_grad`` (else its shapes do not
+    even match); logit standard deviation 2000 for ``no_max_shift`` (see :func:`bug_observable`).
+    """
+    from ._oracle import MASK_KINDS
+    from ._strategies import shapes
+
+    _check_bug(bug)
+    kw: dict[str, Any] = {"masks": list(MASK_KINDS), "shapes": shapes(min_n=4, min_m=4, min_d=4),
+                          "logit_scales": (1.0, 4.0)}
+    if bug == "causal_off_by_one":
+        kw.update(masks=["causal"], shapes=shapes(min_n=4, min_d=4, square=True))
+    elif bug == "transposed_grad":
+        kw.update(shapes=shapes(min_n=4, min_d=4, square=True))
+    elif bug == "no_max_shift":
+        kw.update(logit_scales=(2000.0,))
+    return kw
+
+
+def bug_observable(bug: str, logits: tuple[float, float], dtype: str) -> bool:
+    """Whether ``bug`` can change the result of a case whose logits span ``logits`` when computed
+    in ``dtype`` (only ``no_max_shift`` needs the largest logit above ``log`` of the format's max)."""
+    if bug == "no_max_shift":
+        return logits[1] > _EXP_OVERFLOW[dtype]
+    return True

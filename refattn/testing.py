@@ -43,7 +43,7 @@ from typing import Any
 
 from . import random as _random
 from ._interop import FLOAT_NAMES, dtype_name, to_host64
-from ._naive import BUGS, naive_attention, naive_attention_vjp
+from ._naive import BUGS, bug_observable, bug_regime, naive_attention, naive_attention_vjp
 from ._oracle import (
     MASK_KINDS,
     METHODS,
@@ -67,7 +67,7 @@ __all__ = [
     "assert_attention_close", "attention_error_bound", "ErrorBound", "Comparison",
     "check_attention", "CheckReport", "CaseResult",  # and the lazy attribute "strategies"
     "METHODS", "MethodSpec", "register_method", "MASK_KINDS", "Case", "Shape",
-    "naive_attention", "naive_attention_vjp", "BUGS", "UNIT_ROUNDOFF",
+    "naive_attention", "naive_attention_vjp", "BUGS", "bug_regime", "bug_observable", "UNIT_ROUNDOFF",
 ]
 
 
@@ -323,7 +323,7 @@ def _compare(name: str, a: Any, d: Any, *, tol: Any = None, rtol: float = 0.0, a
     ratio = xp.where(bad, xp.maximum(ratio, 1.0 + 2.0**-52), ratio)
     worst = int(xp.argmax(xp.reshape(ratio, (-1,))))
     idx = _unravel(worst, shape)
-    rel = xp.where(fin & (df != 0), diff / xp.where(df != 0, xp.abs(df), 1.0), 0.0)
+    rel = xp.where(fin & (df != 0), xp.minimum(diff, 1e150) / xp.maximum(xp.abs(df), 1e-150), 0.0)
     return Comparison(
         name=name, shape=shape, dtype=dtype, size=size, n_bad=int(xp.sum(xp.astype(bad, xp.int64))),
         max_abs=float(xp.max(diff)), max_rel=float(xp.max(rel)), worst_index=idx,
@@ -410,7 +410,7 @@ def attention_error_bound(q: Any, k: Any, v: Any, /, *params: Any, dtype: Any = 
     and nothing overflows. This covers the dense form, the online-softmax (Flash) form with
     deferred normalisation, logits or ``q``/``k`` scaled before or after the product, and weights
     rounded to ``T`` before ``P V``. Masked entries carry no weight; a query with no key has
-    output 0 (the bound is 0 there, so NaN fails).
+    output 0 (the bound there is only the subnormal floor, so NaN fails).
 
     **Forward.** With the logit magnitude :math:`A_{ij} = |s| \sum_c |q_{ic} k_{jc}|`, the computed
     logit differs from :math:`s_{ij} = s\,q_i\cdot k_j + b_{ij}` by at most
