@@ -1,6 +1,7 @@
 """``refattn check`` and ``refattn example-inputs``: check dumped tensors against the float64 oracle.
 
-File format (NumPy ``.npz``, ``numpy.savez``; arrays of one floating dtype: float16, float32 or
+File format (NumPy ``.npz``, ``numpy.savez``; arrays of one floating dtype (an additive mask may
+have its own): float16, float32 or
 float64 -- bfloat16 results are stored as float32 and declared with ``--dtype bfloat16``):
 
 ``--inputs`` (the implementation's inputs, exactly as it received them)
@@ -149,9 +150,9 @@ def _check(args: argparse.Namespace) -> int:
     arrays = [(n, inputs[n]) for n in names] + [("out", outputs["out"])]
     if grads is not None:
         arrays += [("dout", inputs["dout"])] + [(g, grads[g]) for g in spec.grad_names]
-    if "mask" in inputs and inputs["mask"].dtype != bool:
-        arrays.append(("mask", inputs["mask"]))
     dtypes = {n: _float_dtype(n, a) for n, a in arrays}
+    if "mask" in inputs and inputs["mask"].dtype != bool:  # an additive mask may have any float dtype
+        _float_dtype("mask (additive)", inputs["mask"])
     if args.dtype is None and len(set(dtypes.values())) > 1:
         listing = ", ".join(f"{n} {dt}" for n, dt in dtypes.items())
         msg = (f"dtype mismatch: {listing}; store every array in the implementation's dtype, or pass "

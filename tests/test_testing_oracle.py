@@ -6,14 +6,15 @@ The two sweeps that validate the default tolerances (see attention_error_bound f
 
 * False alarms: 12 correct implementation/dtype pairs (refattn float16/32/64 and bfloat16 on torch;
   the naive in-dtype implementation float16/32/64 and bfloat16; torch SDPA float16, bfloat16,
-  float32, float64) x 25 Hypothesis cases each (every mask kind, logit std 0.25 to 2000, value
-  scales 0.1 to 10, default and explicit scale) = N = 300 cases, 1200 compared arrays (out, dq, dk,
-  dv); each must pass: 0 of 300.
+  float32, float64) x 50 Hypothesis cases each (every mask kind, logit std 0.25 to 2000, value
+  scales 0.1 to 10, default and explicit scale) = N = 600 cases, 2400 compared arrays (out, dq, dk,
+  dv); each must pass: 0 of 600.
 * Detection: 5 injected bugs x 3 dtypes (float16, float32, float64) x 20 cases each in the regime
   where the bug is observable (refattn.testing.bug_regime): every case must fail: 20 of 20 each.
 
 The tolerance is a worst-case bound, so "cannot fail" is not an issue here: the detection sweep
 shows that it does fail whenever the computation is wrong, by the margins the reports print.
+examples/tolerance_calibration.py runs the same sweeps at larger N.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .conftest import host_qkv
 torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[1]
 ALL_MASKS = list(rt.MASK_KINDS)
-FA_CASES = 25  # per implementation and dtype (false-alarm sweep)
+FA_CASES = 50  # per implementation and dtype (false-alarm sweep)
 BUG_CASES = 20  # per bug and dtype (detection sweep)
 
 
@@ -610,3 +611,25 @@ def test_unit_roundoffs():
     assert rt.UNIT_ROUNDOFF["float64"] == np.finfo(np.float64).eps / 2
     assert rt.UNIT_ROUNDOFF["bfloat16"] == torch.finfo(torch.bfloat16).eps / 2
     assert math.isclose(rt.UNIT_ROUNDOFF["float16"], 2**-11)
+
+
+def test_error_model_and_naive_run_under_array_api_strict():
+    """The error model and the naive implementation speak the array API only: array_api_strict
+    gives the same bound as NumPy (float64, same operations) and the naive pass runs there."""
+    import array_api_strict as xs
+
+    rs = np.random.default_rng(50)
+    host = [rs.standard_normal(s) for s in [(2, 5, 4), (2, 6, 4), (2, 6, 3), (2, 5, 3)]]
+    keep = rs.random((5, 6)) < 0.8
+    keep[:, 0] = True
+    strict = [xs.asarray(a) for a in host]
+    kw = {"dtype": "float16", "causal": "bottom_right"}
+    from refattn._oracle import softmax_error_bound
+
+    b_np = softmax_error_bound(*host[:3], dout=host[3], mask=keep, **kw)
+    b_xs = softmax_error_bound(*strict[:3], dout=strict[3], mask=xs.asarray(keep), **kw)
+    for name in ("out", "dq", "dk", "dv"):
+        np.testing.assert_allclose(np.asarray(b_xs[name]), b_np[name], rtol=1e-12, atol=0)
+    f32 = [xs.astype(a, xs.float32) for a in strict]
+    out, pb = rt.naive_attention_vjp(*f32[:3], causal=True)
+    assert out.dtype == xs.float32 and [tuple(g.shape) for g in pb(f32[3])] == [(2, 5, 4), (2, 6, 4), (2, 6, 3)]
