@@ -1,8 +1,8 @@
 """``refattn check`` and ``refattn example-inputs``: check dumped tensors against the float64 oracle.
 
-File format (NumPy ``.npz``, ``numpy.savez``; arrays of one floating dtype (an additive mask may
-have its own): float16, float32 or
-float64 -- bfloat16 results are stored as float32 and declared with ``--dtype bfloat16``):
+File format (NumPy ``.npz``, ``numpy.savez``; every array in one floating dtype, float16, float32
+or float64, except an additive mask; bfloat16 results are stored as float32 and declared with
+``--dtype bfloat16``):
 
 ``--inputs`` (the implementation's inputs, exactly as it received them)
     ``q`` (..., n, d), ``k`` (..., m, d), ``v`` (..., m, dv)   required
