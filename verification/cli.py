@@ -144,6 +144,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     c = doc["counts"]
     print(f"\n{c['holds']} hold, {c['holds-conditionally']} hold conditionally, {c['fails']} fail, "
           f"{c['not-checkable']} not checkable ({seconds:.1f} s)")
+    slow = sorted(verdicts, key=lambda v: v.seconds, reverse=True)[:3]
+    if slow and slow[0].seconds >= 1.0:
+        print("slowest: " + ", ".join(f"{v.claim_id} {v.seconds:.1f} s" for v in slow))
     print(f"report: {out / 'report.md'}, {out / 'report.json'}"
           + (f", plots in {out / 'plots'}" if summary else ""))
     return 0

@@ -302,6 +302,10 @@ def write_markdown(doc: dict[str, Any], path: Path, *, summary_plot: str | None 
         f"| {sum(c.values())} |",
         "",
     ]
+    slow = sorted(doc["verdicts"], key=lambda v: v["seconds"], reverse=True)[:5]
+    if slow:
+        out += ["Slowest checks: " + ", ".join(f"`{v['claim_id']}` {v['seconds']:.1f} s" for v in slow) + ".",
+                ""]
     if summary_plot:
         out += [f"![status counts per paper]({summary_plot})", ""]
     out += ["| claim | source | status | key figure |", "| --- | --- | --- | --- |"]
