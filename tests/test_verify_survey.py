@@ -72,6 +72,16 @@ def test_surv_table_memory_column():
     assert "Dot-product (softmax) attention: claimed O(n d^2)" in v.evidence
 
 
+def test_surv_lin_cost():
+    """Expected: holds. Softmax: 4 n^2 d + O(n^2) FLOPs (degrees n^2 d^1 = O(d n^2)), peak bytes
+    c n^2 + 8 n d (O(n^2 + n d)); linear: 4 n d^2 + O(n d) FLOPs, peak O(n d + d^2)."""
+    v = _verdict("surv-lin-cost")
+    if not _measure_landed() or not _landed("linear"):
+        assert v.status == "not-checkable"
+        return
+    assert v.status == "holds", v.evidence
+
+
 def test_surv_fastest():
     """Expected: not "holds". Under the reading k = n/8, at n = 128, d = 64 Linformer needs
     4 * 2 n k d + O(n k) = 1.05e6 + O(n k) FLOPs, linear attention at least 4 n d^2 = 2.1e6."""
@@ -96,7 +106,7 @@ def test_surv_lin_eq():
 
 def test_survey_claims_are_registered_with_paper_001():
     verification.load()
-    for cid in ("surv-table", "surv-table-mem", "surv-fastest", "surv-lin-eq"):
+    for cid in ("surv-table", "surv-table-mem", "surv-lin-cost", "surv-fastest", "surv-lin-eq"):
         info = verification.REGISTRY[cid]
         assert info.paper == "001" and info.module == "survey"
 
@@ -240,6 +250,12 @@ def test_table_on_stand_ins(stand_ins):
     assert mem_fig.ylabel.startswith("peak live bytes")
 
 
+def test_lin_cost_on_stand_ins(stand_ins):
+    status, ev, key = survey.surv_lin_cost(_ctx())
+    assert status == "holds", ev
+    assert key.startswith("softmax time n^2.00; linear time n^1.00; softmax mem n^1.9")
+
+
 def test_table_with_a_missing_method(stand_ins, monkeypatch):
     monkeypatch.delitem(sys.modules, "refattn.methods.nystrom")
     monkeypatch.setattr(importlib, "import_module", _blocking_import("refattn.methods.nystrom"))
@@ -263,7 +279,7 @@ def _blocking_import(blocked: str):
 def test_without_the_counting_namespace(monkeypatch):
     monkeypatch.delattr(refattn.cost, "measure", raising=False)
     monkeypatch.setattr(survey, "_TABLE_CACHE", {})
-    for fn in (survey.surv_table, survey.surv_table_mem, survey.surv_fastest):
+    for fn in (survey.surv_table, survey.surv_table_mem, survey.surv_lin_cost, survey.surv_fastest):
         status, ev, key, *_ = fn(_ctx())
         assert status == "not-checkable" and "refattn.cost.measure" in ev and key
 

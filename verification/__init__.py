@@ -130,6 +130,9 @@ CATALOGUE: tuple[Entry, ...] = tuple(Entry(*row) for row in (
     ("surv-fastest", "001", "001 (survey), sec. 3.1 and 4",
      "linear attention has the smallest computational complexity of the observed methods "
      "(batch 32, 4 heads, n in 128..2048, d in {32, 64})", "survey"),
+    ("surv-lin-cost", "001", "001 (survey), sec. 2.2",
+     "linear attention improves the computational complexity from O(d n^2) to O(d^2 n) and the memory "
+     "from O(n^2) to O(dn + d^2)", "survey"),
     ("surv-lin-eq", "001", "001 (survey), sec. 2.2",
      "normalised linear attention Softmax_row(Q)(Softmax_col(K)^T V) is equivalent to softmax "
      "attention", "survey"),
