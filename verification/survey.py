@@ -1,6 +1,9 @@
 """Claims of paper 001 (Brazhnyi, Korniienko, Ruda, "Optimization of the Transformer's attention")
-that no method module owns: the complexity table (Table 1, time and memory columns), the timing
-comparison of sec. 3.1 / 4, and the "equivalence" of sec. 2.2.
+that no method module owns: the complexity table (``surv-table``: Table 1's time column;
+``surv-table-mem``: its memory column), the complexity statements of sec. 2.2 (``surv-lin-cost``),
+the conclusion that linear attention is the cheapest method at the timing setup of sec. 3.1
+(``surv-fastest``), and the "equivalence" of normalised linear and softmax attention of sec. 2.2
+(``surv-lin-eq``).
 
 Complexity is checked on **counted** costs (``refattn.cost.measure``: FLOPs and peak live bytes of
 a real run of refattn's implementation on the counting namespace), never on wall-clock time. A
