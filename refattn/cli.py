@@ -1,5 +1,6 @@
-"""The ``refattn`` command: ``refattn info`` (backends found here and a forward+backward check of
-each against the float64 NumPy oracle). Later subcommands (verify, check, bench, cost) plug in here."""
+"""The ``refattn`` command: ``refattn verify`` (the claims ledger, see refattn.verification.cli) and
+``refattn info`` (backends found here and a forward+backward check of each against the float64 NumPy
+oracle). Later subcommands (check, bench, cost) plug in here."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._check_cli import add_subcommands as add_check_subcommands
 
     add_check_subcommands(sub)  # refattn check, refattn example-inputs
+    from .verification.cli import add_parser as add_verify  # `refattn verify`: the claims ledger
+
+    add_verify(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

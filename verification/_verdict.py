@@ -47,6 +47,8 @@ class Verdict:
     figure: str = ""  # the key figure, short ("k=45 vs n=64", "slope 2.00")
     plot: Figure | None = None
     seconds: float = 0.0
+    paper: str = ""  # "000" .. "004" or "classical" (filled by the registry and the runner)
+    module: str = ""  # the verification module that owns the check (filled by the runner)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -72,6 +74,7 @@ class ClaimInfo:
     source: str
     statement: str
     check: Callable[[Context], Verdict]
+    module: str = ""  # the verification module the check lives in ("linformer", "survey", ...)
 
 
 REGISTRY: dict[str, ClaimInfo] = {}
@@ -93,11 +96,13 @@ def claim(claim_id: str, *, paper: str, source: str,
         def check(ctx: Context) -> Verdict:
             status, evidence, figure, *rest = fn(ctx)
             return Verdict(claim_id, source, statement, status, evidence, figure,
-                           rest[0] if rest else None)
+                           rest[0] if rest else None, paper=paper)
 
         check.__name__ = fn.__name__
         check.__doc__ = fn.__doc__
-        REGISTRY[claim_id] = ClaimInfo(claim_id, paper, source, statement, check)
+        module = getattr(fn, "__module__", "") or ""
+        REGISTRY[claim_id] = ClaimInfo(claim_id, paper, source, statement, check,
+                                       module=module.rsplit(".", 1)[-1])
         return fn
 
     return register
