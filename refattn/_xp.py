@@ -3,10 +3,28 @@
 Every public function of refattn asks this module for the array namespace ``xp`` of its inputs and
 validates them here, so that errors read the same everywhere: they name the argument, what was
 expected and what came (``msg = f"..."; raise ValueError(msg)``, as array-api-extra does).
+
+Input contract (every public function; tested row by row in ``tests/test_bad_input_catalogue.py``)
+-------------------------------------------------------------------------------------------------
+* Inputs are never modified, also when the call raises (checked byte for byte).
+* Non-contiguous views, stride-0 broadcast views (``np.broadcast_to``) and read-only arrays are
+  accepted and give results bit-identical to those of contiguous, writeable copies.
+* Wrong rank, shapes that do not match or broadcast, non-floating dtypes (integer, bool, complex),
+  mixed float widths, mixed libraries and mixed devices raise ``TypeError``/``ValueError`` naming the
+  argument.
+* NaN/inf: functions with ``check_finite=True`` (some default to it: random features, HEAT,
+  ``truncate``, ``exact_pinv``, kernel weights) raise ``ValueError("<arg> must be finite ...")``.
+  Otherwise non-finite values propagate to the output (the rows they reach are NaN/inf; NumPy may emit
+  ``RuntimeWarning`` on the way) and are never turned into a finite answer; the Nystrom pseudoinverse
+  reports them as ``PinvConvergenceError``.
+* Empty arrays: ``n = 0`` queries give an output with 0 rows; ``m = 0`` keys give zero rows, like
+  fully masked rows. Methods that need ``n, m >= 1`` (Nystrom landmarks, HEAT's rank, Linformer's
+  ``k >= 1``) raise instead.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -32,15 +50,46 @@ __all__ = [
 def namespace(*arrays: Any) -> Any:
     """The array-API namespace shared by ``arrays`` (``None`` entries are ignored).
 
-    Raises ``TypeError`` when the arrays come from different libraries.
+    Raises ``TypeError`` when the arrays come from different libraries. The message names the
+    offending arguments: their names are looked up (error path only) among the calling function's
+    local variables, one level into dicts of named arrays, falling back to positions.
     """
     present = [a for a in arrays if a is not None]
     try:
         return array_api_compat.array_namespace(*present)
     except TypeError as exc:
-        kinds = sorted({type(a).__module__ + "." + type(a).__name__ for a in present})
-        msg = f"all arrays must come from one array library, got {', '.join(kinds)} ({exc})"
+        frame = inspect.currentframe()
+        names = _caller_names(frame.f_back if frame is not None else None, present)
+        del frame
+        lib = [_library(a) for a in present]
+        odd = [i for i in range(len(present)) if lib[i] != lib[0]] or list(range(1, len(present)))
+        who = ", ".join(f"{names[i]} ({type(present[i]).__module__}.{type(present[i]).__name__})" for i in odd)
+        msg = (f"all arrays must come from one array library: {who} must be an array of the same library as "
+               f"{names[0]} ({type(present[0]).__module__}.{type(present[0]).__name__}) ({exc})")
         raise TypeError(msg) from None
+
+
+def _library(a: Any) -> str:
+    try:
+        return array_api_compat.array_namespace(a).__name__
+    except TypeError:
+        return type(a).__module__
+
+
+def _caller_names(frame: Any, arrays: list[Any]) -> list[str]:
+    """Names of ``arrays`` in ``frame``'s locals (for error messages only); positions as fallback."""
+    found: dict[int, str] = {}
+    if frame is not None:
+        for key, val in frame.f_locals.items():
+            if isinstance(val, dict):
+                for k2, v2 in val.items():
+                    found.setdefault(id(v2), str(k2))
+            elif isinstance(val, (tuple, list)):
+                for i, v2 in enumerate(val):
+                    found.setdefault(id(v2), f"{key}[{i}]")
+        for key, val in frame.f_locals.items():  # plain names win over container entries
+            found[id(val)] = key
+    return [found.get(id(a), f"argument {i}") for i, a in enumerate(arrays)]
 
 
 def device(x: Any) -> Any:

@@ -30,6 +30,18 @@ def _backend(backend: Any) -> Any:
     return backends.get(backend or "numpy") if backend is None or isinstance(backend, str) else backend
 
 
+def _check_shape(shape: Any, *, ndim: int | None = None) -> tuple[int, ...]:
+    """``shape`` must be a tuple of non-negative integers (of length ``ndim`` when given)."""
+    shp = (shape,) if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool) else shape
+    ok = isinstance(shp, (tuple, list)) and all(
+        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in shp)
+    if not ok or (ndim is not None and len(shp) != ndim):
+        what = f"a tuple of {ndim} non-negative integers" if ndim else "a tuple of non-negative integers"
+        msg = f"shape must be {what}, got {shape!r}"
+        raise ValueError(msg)
+    return tuple(int(s) for s in shp)
+
+
 def to_backend(host: np.ndarray, backend: Any = None, dtype: str = "float64") -> Any:
     """Move a host array to ``backend`` (a name, a ``Backend`` or ``None`` for numpy) as ``dtype``."""
     return _backend(backend).asarray(np.asarray(host, dtype=dtype))
@@ -38,12 +50,14 @@ def to_backend(host: np.ndarray, backend: Any = None, dtype: str = "float64") ->
 def normal(shape: tuple[int, ...], *, rng: Any, backend: Any = None, dtype: str = "float64",
            std: float = 1.0) -> Any:
     """iid ``N(0, std^2)`` entries of ``shape`` on ``backend``."""
+    shape = _check_shape(shape)
     return to_backend(std * default_rng(rng).standard_normal(shape), backend, dtype)
 
 
 def uniform(shape: tuple[int, ...], *, rng: Any, backend: Any = None, dtype: str = "float64",
             low: float = 0.0, high: float = 1.0) -> Any:
     """iid ``U[low, high)`` entries of ``shape`` on ``backend``."""
+    shape = _check_shape(shape)
     return to_backend(default_rng(rng).uniform(low, high, shape), backend, dtype)
 
 
@@ -53,7 +67,7 @@ def orthogonal(shape: tuple[int, int], *, rng: Any, backend: Any = None, dtype: 
     ``Q R = G`` for Gaussian ``G``; the columns of ``Q`` are multiplied by ``sign(diag R)`` so that the
     result is uniformly distributed (Mezzadri 2007): plain ``Q`` from LAPACK is not.
     """
-    rows, cols = shape
+    rows, cols = _check_shape(shape, ndim=2)
     g = default_rng(rng).standard_normal((max(rows, cols), min(rows, cols)))
     q, r = np.linalg.qr(g)
     q = q * np.sign(np.diag(r))[None, :]

@@ -21,7 +21,14 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._xp import device, namespace
+from .._xp import (
+    broadcast_shapes,
+    check_float_array,
+    check_positive_int,
+    check_same_namespace_device,
+    device,
+    namespace,
+)
 
 __all__ = ["causal_dot", "causal_dot_backward", "CausalDotGrads", "DEFAULT_CHUNK"]
 
@@ -34,9 +41,34 @@ class CausalDotGrads(NamedTuple):
     dc: Any
 
 
+def _validate(xp: Any, a: Any, b: Any, c: Any, chunk: Any) -> None:
+    named = {"a": a, "b": b, "c": c}
+    check_same_namespace_device(named, xp, "a")
+    for name, x in named.items():
+        check_float_array(name, x, xp, ndim_min=2)
+    if not (a.dtype == b.dtype == c.dtype):
+        msg = f"a, b and c must share one dtype, got {a.dtype}, {b.dtype}, {c.dtype}"
+        raise TypeError(msg)
+    if b.shape[-1] != a.shape[-1]:
+        msg = f"b must have shape (..., n, {a.shape[-1]}) to match a's last axis, got {tuple(b.shape)}"
+        raise ValueError(msg)
+    if not (a.shape[-2] == b.shape[-2] == c.shape[-2]):
+        msg = (f"a, b and c must have the same sequence length (axis -2), got shapes "
+               f"{tuple(a.shape)}, {tuple(b.shape)}, {tuple(c.shape)}")
+        raise ValueError(msg)
+    broadcast_shapes(a.shape[:-2], b.shape[:-2], c.shape[:-2], names=("a", "b", "c"))
+    check_positive_int("chunk", chunk)
+
+
 def causal_dot(a: Any, b: Any, c: Any, /, *, chunk: int = DEFAULT_CHUNK, reverse: bool = False) -> Any:
-    """``out_i = sum_{j <= i} (a_i . b_j) c_j`` (``j >= i`` when ``reverse``), chunked; see the module."""
+    """``out_i = sum_{j <= i} (a_i . b_j) c_j`` (``j >= i`` when ``reverse``), chunked; see the module.
+
+    ``a (..., n, D)``, ``b (..., n, D)``, ``c (..., n, e)``: real floating arrays of one dtype,
+    namespace and device, leading dimensions broadcasting; ``chunk`` a positive integer. Anything
+    else raises ``TypeError``/``ValueError`` naming the argument.
+    """
     xp = namespace(a, b, c)
+    _validate(xp, a, b, c, chunk)
     if reverse:
         a, b, c = (xp.flip(x, axis=-2) for x in (a, b, c))
     n = a.shape[-2]

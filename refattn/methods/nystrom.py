@@ -139,6 +139,7 @@ from .._masks import key_padding_keep, make_mask
 from .._vjp import defvjp
 from .._xp import (
     broadcast_shapes,
+    check_finite,
     check_float_array,
     compute_dtype,
     device,
@@ -232,8 +233,10 @@ def segment_means(x: Any, m: int, /) -> Any:
 
     Intended eq. 16 of Xiong et al. 2021: ``x~_j = (1/l_j) sum_{i in segment j} x_i`` (see
     :func:`segment_bounds`). Costs ``n d`` flops per batch element (reduction plus the division).
+    ``x`` must be a real floating array of rank >= 2 (``TypeError``/``ValueError`` naming ``x``).
     """
     xp = namespace(x)
+    check_float_array("x", x, xp, ndim_min=2)
     n, d = x.shape[-2], x.shape[-1]
     segment_bounds(n, m)  # validates m
     l, r = divmod(n, m)
@@ -549,6 +552,7 @@ def _exact_pinv_forward(a: Any, /, *, rtol: float | None = None) -> tuple[Any, _
     xp = namespace(a)
     _check_square(a, xp)
     _check_opt_float("rtol", rtol, positive=False)
+    check_finite("a", a, xp)  # NaN/inf would reach the SVD (LinAlgError) or give a NaN/inf pinv
     return _pinv_forward(a, mode="exact", iterations=0, init_scale=None, rtol=rtol,
                          on_divergence="ignore", pinv_tol=None)
 
@@ -558,6 +562,14 @@ def exact_pinv(a: Any, /, *, rtol: float | None = None) -> Any:
     """``xp.linalg.pinv(a, rtol=rtol)`` with the hand-written backward of the pseudoinverse (Golub-Pereyra).
 
     The gradient is that of the pseudoinverse at constant numerical rank (see the module docstring).
+
+    Raises
+    ------
+    TypeError
+        A non-floating ``a``.
+    ValueError
+        ``a`` not a non-empty square ``(..., m, m)`` matrix, NaN/inf entries (``a must be finite``),
+        a bad ``rtol``.
     """
     return _exact_pinv_forward(a, rtol=rtol)[0]
 
