@@ -26,6 +26,13 @@ Choices (the paper is silent or differs from its code):
   default; ``on_nonpositive="warn"`` / ``"ignore"`` compute the ratio anyway. A query that sees no
   key (every key padded, or ``causal="bottom_right"`` with ``m < n``) returns zeros with zero
   gradient when ``eps = 0``, and ``0 / eps = 0`` otherwise. See :mod:`refattn.methods._kernelized`.
+- Tiny normalisers (e.g. ``elu+1`` features of large negative ``q``, ``k``, where ``phi = exp``):
+  with ``eps = 0`` the ratio keeps its accuracy (all terms are non-negative, the scale cancels;
+  absolute error ``<= 2 gamma_{d+m+3} max|v|``) while ``phi(q_i)^T sum_j phi(k_j)`` is a normal
+  number (``>= 2.2e-308`` in float64, ``1.2e-38`` in float32). Below, it is subnormal (accuracy
+  degrades) and then 0: a fully underflowed row comes back as zeros, indistinguishable from a query
+  that sees no key. Rescale the inputs in that regime. With ``eps > 0`` the output is
+  ``r / (r + eps)`` times the exact ratio (``r`` the normaliser). Tested in ``tests/test_stability.py``.
 - Masks: key padding (``key_lengths`` or a boolean mask of shape ``(..., 1, m)``) zeroes ``phi(k_j)``
   of dropped keys. A mask that differs between queries, or an additive mask, cannot be honoured:
   the method never forms the ``(n, m)`` matrix ``phi(Q) phi(K)^T`` (that is the point of it), so it
