@@ -20,6 +20,16 @@ Input contract (every public function; tested row by row in ``tests/test_bad_inp
 * Empty arrays: ``n = 0`` queries give an output with 0 rows; ``m = 0`` keys give zero rows, like
   fully masked rows. Methods that need ``n, m >= 1`` (Nystrom landmarks, HEAT's rank, Linformer's
   ``k >= 1``) raise instead.
+
+Determinism (tested in ``tests/test_determinism.py``)
+-----------------------------------------------------
+* Methods read no global state and draw nothing at random: the same inputs give bit-identical
+  outputs and gradients on NumPy, across calls, processes and threads (4 threads at once give the
+  serial bits).
+* Across backends the results agree but are not bit-identical: array_api_strict (NumPy underneath)
+  gives NumPy's bits; torch uses its own BLAS and reduction orders and agrees within rounding
+  (``max|a - b| <= 1e-12 max|b|`` in float64 on the catalogue's small cases; measured <= 6e-15).
+* Samplers (:mod:`refattn.random`) draw on the host: a seed gives the same numbers on every backend.
 """
 
 from __future__ import annotations
