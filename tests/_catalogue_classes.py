@@ -1,6 +1,7 @@
 """Input classes of the bad-input catalogue: each turns a valid call of a :class:`Spec` into a bad one.
 
-``CLASSES[name](spec) -> Case | None`` (``None``: the class does not apply to the function). A
+``CLASSES[name](spec) -> Case | list[Case] | None`` (``None``: the class does not apply to the
+function; a list: one case per option, e.g. every size option). A
 ``Case`` holds the bad call (positional arguments, keyword options) and ``arg``, the argument whose
 name a clear error message must mention.
 """
@@ -203,16 +204,57 @@ def pow2(spec: Spec) -> Case | None:
     return None
 
 
-def _size(value: int) -> Callable[[Spec], Case | None]:
-    def cls(spec: Spec) -> Case | None:
+def _size(value: Any) -> Callable[[Spec], list[Case] | None]:
+    """Every size option of the function set to ``value`` (one case per option)."""
+    def cls(spec: Spec) -> list[Case] | None:
         if not spec.sizes:
             return None
-        args, kw = spec.build()
-        name = next(iter(spec.sizes))
-        if name == "iterations" and value == 0:
-            name = next(iter(spec.sizes))  # iterations=0 is valid (Z_0); handled in expectations
-        return Case(args, {**kw, name: value}, name)
+        out = []
+        for name in spec.sizes:
+            args, kw = spec.build()
+            if spec.name == "softmax_attention" and name == "block_k":
+                kw = {**kw, "impl": "blockwise"}  # block sizes are read by the blockwise path
+            out.append(Case(args, {**kw, name: value}, name))
+        return out
     return cls
+
+
+def param_rank(spec: Spec) -> Case | None:
+    """A parameter of the wrong rank (1-D for matrices; 2-D for the WHT's per-channel vectors)."""
+    if not spec.params:
+        return None
+    args, kw = spec.build()
+    i = spec.params[0]
+    p = args[i]
+    bad = p[None, :] if p.ndim == 1 else p.reshape(-1)
+    return Case(_with(args, i, bad), kw, spec.names[i])
+
+
+def scale_nonfinite(spec: Spec) -> Case | None:
+    """``scale=inf`` (every attention with a scale option)."""
+    if not spec.qkv:
+        return None
+    args, kw = spec.build()
+    return Case(args, {**kw, "scale": float("inf")}, "scale")
+
+
+def mask_namespace(spec: Spec) -> Case | None:
+    """array_api_strict inputs with a NumPy mask."""
+    if not spec.mask:
+        return None
+    import array_api_strict as xs
+
+    args, kw = spec.build()
+    new = [xs.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    return Case(new, {**kw, "mask": np.ones((1, args[1].shape[-2]), bool)}, "mask")
+
+
+def key_lengths_dtype(spec: Spec) -> Case | None:
+    """Floating ``key_lengths`` (must be integers)."""
+    if not spec.mask:
+        return None
+    args, kw = spec.build()
+    return Case(args, {**kw, "key_lengths": np.full((2, 1), 2.0)}, "key_lengths")
 
 
 def _nonfinite(value: float, *, param: bool = False, checked: bool = False) -> Callable[[Spec], Case | None]:
@@ -319,6 +361,11 @@ CLASSES: dict[str, Callable[[Spec], Case | None]] = {
     "non_pow2": pow2,
     "size_zero": _size(0),
     "size_negative": _size(-1),
+    "size_float": _size(2.5),
+    "param_rank": param_rank,
+    "scale_nonfinite": scale_nonfinite,
+    "mask_namespace": mask_namespace,
+    "key_lengths_dtype": key_lengths_dtype,
     "nan_input": _nonfinite(np.nan),
     "inf_input": _nonfinite(np.inf),
     "nan_input_checked": _nonfinite(np.nan, checked=True),
