@@ -29,6 +29,10 @@ FWHT (``c = 2^p``): each output is ``sum_i +-x_i`` through ``p`` butterfly addit
 relative ``u`` to partial sums of absolute values, then one multiplication by ``fl(1/sqrt(c))``
 (itself within ``u``): ``|y^_k - y_k| <= gamma_{p+2} ||x||_1 / sqrt(c)``.
 
+The pullback of the FWHT is the same transform (``H`` is symmetric): the same bound with ``dy``.
+Linear attention's backward: componentwise bounds in ``_linear_bounds`` (gamma_K times the
+absolute-value evaluation of the gradient formulas).
+
 The worst observed error / bound ratios and worst relative errors are printed by
 ``test_report_worst_cases`` (``pytest -s``) and recorded in the closing note.
 """
@@ -169,36 +173,77 @@ def test_softmax_large_logit_worst_case_exceeds_1e13():
 # linear attention (elu+1)
 # ----------------------------------------------------------------------------------------------
 
-def _mp_linear(q, k, v, eps):
+def _mp_linear(q, k, v, dout, eps):
+    """50-digit elu+1 linear attention and its gradients (module docstring's formulas)."""
     with mpmath.workdps(50):
         def phi(x):
             return x + 1 if x > 0 else mpmath.exp(x)
-        Q = [[phi(x) for x in row] for row in _mpm(q)]
-        K = [[phi(x) for x in row] for row in _mpm(k)]
-        V = _mpm(v)
+
+        def dphi(x):
+            return mpmath.mpf(1) if x > 0 else mpmath.exp(x)
+        Qx, Kx = _mpm(q), _mpm(k)
+        Q = [[phi(x) for x in row] for row in Qx]
+        K = [[phi(x) for x in row] for row in Kx]
+        V, G = _mpm(v), _mpm(dout)
         n, m, d, dv = len(Q), len(K), q.shape[1], v.shape[1]
-        out = []
-        for i in range(n):
-            w = [mpmath.fsum(Q[i][c] * K[j][c] for c in range(d)) for j in range(m)]
-            den = mpmath.fsum(w) + mpmath.mpf(float(eps))
-            out.append([float(mpmath.fsum(w[j] * V[j][c] for j in range(m)) / den) for c in range(dv)])
-        return np.array(out)
+        W = [[mpmath.fsum(Q[i][c] * K[j][c] for c in range(d)) for j in range(m)] for i in range(n)]
+        den = [mpmath.fsum(W[i]) + mpmath.mpf(float(eps)) for i in range(n)]
+        O = [[mpmath.fsum(W[i][j] * V[j][c] for j in range(m)) / den[i] for c in range(dv)] for i in range(n)]
+        # dW_ij = (v_j - out_i) . G_i / den_i
+        dW = [[mpmath.fsum((V[j][c] - O[i][c]) * G[i][c] for c in range(dv)) / den[i] for j in range(m)]
+              for i in range(n)]
+        dq = [[dphi(Qx[i][c]) * mpmath.fsum(dW[i][j] * K[j][c] for j in range(m)) for c in range(d)]
+              for i in range(n)]
+        dk = [[dphi(Kx[j][c]) * mpmath.fsum(dW[i][j] * Q[i][c] for i in range(n)) for c in range(d)]
+              for j in range(m)]
+        dv_ = [[mpmath.fsum(W[i][j] * G[i][c] / den[i] for i in range(n)) for c in range(dv)] for j in range(m)]
+        conv = lambda A: np.array([[float(x) for x in row] for row in A])  # noqa: E731
+        return conv(O), conv(dq), conv(dk), conv(dv_)
+
+
+def _linear_bounds(q, k, v, dout, eps):
+    """Forward 2 gamma_{d+m+3} max|v|; backward gamma_K times the absolute-value evaluation, with
+    A_ij = (sum_c |v_jc G_ic| + max|v| ||G_i||_1) / (r_i + eps) (the second term covers the error of
+    out_i inside dW_ij = (v_j - out_i) . G_i / (r_i + eps)) and K = d + 2m + n + 2dv + 10 roundings
+    on the longest path (r_i, out_i, dW, the sums over j or i, the product with phi')."""
+    n, d = q.shape
+    m, dv = v.shape
+    phi = lambda x: np.where(x > 0, x + 1, np.exp(np.minimum(x, 0)))  # noqa: E731
+    dphi = lambda x: np.where(x > 0, 1.0, np.exp(np.minimum(x, 0)))  # noqa: E731
+    fq, fk = phi(q), phi(k)
+    w = fq @ fk.T
+    den = w.sum(-1) + eps
+    vmax = np.abs(v).max()
+    a = (np.abs(dout) @ np.abs(v).T + vmax * np.abs(dout).sum(-1, keepdims=True)) / den[:, None]  # (n, m)
+    g = gamma(d + 2 * m + n + 2 * dv + 10)
+    bq = g * dphi(q) * (a @ fk)
+    bk = g * dphi(k) * (a.T @ fq)
+    bv = g * (w / den[:, None]).T @ np.abs(dout)
+    return 2 * gamma(d + m + 3) * vmax, bq, bk, bv
 
 
 @settings(max_examples=30)
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 4), m=st.integers(1, 5), d=st.integers(1, 4),
        dv=st.integers(1, 3), log_scale=st.floats(-1.0, 2.0), eps=st.sampled_from([0.0, 1e-6]))
 def test_linear_attention_vs_mpmath(seed, n, m, d, dv, log_scale, eps):
-    """elu+1 linear attention, inputs of size up to 100: within 2 gamma_{d+m+3} max|v|."""
+    """elu+1 linear attention, inputs of size up to 100: forward within 2 gamma_{d+m+3} max|v|,
+    gradients within the componentwise bounds of ``_linear_bounds``."""
     rs = np.random.default_rng(seed)
     c = 10.0**log_scale
     q, k, v = c * rs.standard_normal((n, d)), c * rs.standard_normal((m, d)), rs.standard_normal((m, dv))
-    out = refattn.linear_attention(q, k, v, eps=eps)
-    want = _mp_linear(q, k, v, eps)
-    b = 2 * gamma(d + m + 3) * np.abs(v).max()
-    err = np.abs(out - want)
-    assert np.all(err <= b), f"worst err/bound {np.max(err / b):.3g}"
-    _record("linear_attention elu+1 forward", float(np.max(err / b)), float(err.max() / np.abs(v).max()))
+    dout = rs.standard_normal((n, dv))
+    out, pb = refattn.vjp(refattn.linear_attention, q, k, v, eps=eps)
+    got = (out, *pb(dout))
+    want = _mp_linear(q, k, v, dout, eps)
+    bounds = _linear_bounds(q, k, v, dout, eps)
+    for name, g, w, b in zip(("forward", "dq", "dk", "dv"), got, want, bounds, strict=True):
+        err = np.abs(g - w)
+        assert np.all(err <= b), f"{name}: worst err/bound {np.max(err / b):.3g}"
+        # natural size: the absolute-value evaluation (the bound without its gamma_K factor)
+        natural = np.abs(v).max() if name == "forward" else max(
+            float(np.max(b)) / gamma(d + 2 * m + n + 2 * dv + 10), 1e-300)
+        _record(f"linear_attention elu+1 {name}", float(np.max(err / np.maximum(b, 1e-300))),
+                float(err.max() / natural))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,12 +268,16 @@ def test_fwht_vs_mpmath(seed, p, log_scale):
     """Normalised FWHT of c = 2^p <= 64 entries: within gamma_{p+2} ||x||_1 / sqrt(c)."""
     c = 2**p
     x = 10.0**log_scale * np.random.default_rng(seed).standard_normal((3, c))
-    y = refattn.fwht(x)
-    want = _mp_fwht(x)
-    b = gamma(p + 2) * np.abs(x).sum(-1, keepdims=True) / math.sqrt(c)
-    err = np.abs(y - want)
-    assert np.all(err <= b), f"worst err/bound {np.max(err / b):.3g}"
-    _record("fwht forward", float(np.max(err / b)), float(np.max(err / np.abs(want).max())))
+    dy = np.random.default_rng(seed + 1).standard_normal((3, c))
+    y, pb = refattn.vjp(refattn.fwht, x)
+    (dx,) = pb(dy)
+    # the pullback is the same transform (H symmetric): same bound with dy for x
+    for name, got, inp in (("forward", y, x), ("backward", dx, dy)):
+        want = _mp_fwht(inp)
+        b = gamma(p + 2) * np.abs(inp).sum(-1, keepdims=True) / math.sqrt(c)
+        err = np.abs(got - want)
+        assert np.all(err <= b), f"{name}: worst err/bound {np.max(err / b):.3g}"
+        _record(f"fwht {name}", float(np.max(err / b)), float(np.max(err / np.abs(want).max())))
 
 
 def test_report_worst_cases(capsys):
