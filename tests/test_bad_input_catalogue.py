@@ -319,3 +319,8 @@ def test_catalogue_size(capsys: pytest.CaptureFixture[str]) -> None:
         print(f"\nbad-input catalogue: {len(ROWS)} rows over {len(funcs)} functions x {len(classes)} classes "
               f"({dict(kinds)}); plus {extra} dout/sampler rows")
     assert len(ROWS) >= 400
+
+
+def test_vjp_rejects_unregistered_function() -> None:
+    with pytest.raises(TypeError, match="fn must be a refattn public function"):
+        refattn.vjp(lambda q, k, v: q, np.ones((2, 2)), np.ones((2, 2)), np.ones((2, 2)))
