@@ -8,7 +8,9 @@ Input contract (every public function; tested row by row in ``tests/test_bad_inp
 -------------------------------------------------------------------------------------------------
 * Inputs are never modified, also when the call raises (checked byte for byte).
 * Non-contiguous views, stride-0 broadcast views (``np.broadcast_to``) and read-only arrays are
-  accepted and give results bit-identical to those of contiguous, writeable copies.
+  accepted and give outputs bit-identical to those of contiguous, writeable copies; their gradients
+  agree within rounding (``<= 1e-12`` normwise; NumPy may pick another matmul kernel, hence another
+  summation order, for strided operands: seen in the blockwise softmax backward, 3e-16 relative).
 * Wrong rank, shapes that do not match or broadcast, non-floating dtypes (integer, bool, complex),
   mixed float widths, mixed libraries and mixed devices raise ``TypeError``/``ValueError`` naming the
   argument.
