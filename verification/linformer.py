@@ -219,6 +219,75 @@ def _smallest_n_with_reduction(eps: float) -> int:
     return n
 
 
+def _thm1_eps(n: int, k: int) -> float:
+    """The eps Theorem 1 promises at rank k: eps^2 - eps^3 = 5 ln(n) / k (nan when 5 ln(n)/k > 4/27,
+    the maximum of eps^2 - eps^3: then no eps < 1 is promised)."""
+    return _eps_for(5 * math.log(n) / k)
+
+
+def _error_vs_k(ctx: Context) -> tuple[Figure, str]:
+    """Linformer Theorem 1's approximation P~ = P R^T R vs k, with the JL guarantees drawn: the
+    additive row errors |u_i R^T R w - u_i.w| / (|u_i| |w|) (max and median over the n rows; P from
+    refattn.softmax_attention, R from refattn's sampler, w a column of V) and the relative error of
+    the whole output P~ V. Lines: Theorem 1's eps(k) (union over n rows) and the one-row JL median
+    eps(k) (2 e^{-(eps^2 - eps^3) k/4} = 1/2)."""
+    n, d = (256, 16) if ctx.quick else (1024, 16)
+    draws = 8 if ctx.quick else 40
+    rs = np.random.default_rng(60)
+    q, kk, v = (rs.standard_normal((n, d)) for _ in range(3))
+    P = _run(ctx, refattn.softmax_attention, q, kk, np.eye(n))
+    exact = P @ v
+    w = v[:, 0]
+    unorm, wnorm = np.linalg.norm(P, axis=-1), np.linalg.norm(w)
+    ks = [kq for kq in (8, 16, 32, 64, 128, 256, 512, 1024) if kq <= n]
+    row_max, row_med, out_err = [], [], []
+    for kq in ks:
+        gen = np.random.default_rng(61 + kq)
+        mx, md, outs = [], [], []
+        for _ in range(draws):
+            r = linformer_projection(kq, n, rng=gen)
+            ratio = np.abs(P @ (r.T @ (r @ w)) - P @ w) / (unorm * wnorm)
+            mx.append(float(ratio.max()))
+            md.append(float(np.median(ratio)))
+            outs.append(float(np.linalg.norm(P @ (r.T @ (r @ v)) - exact) / np.linalg.norm(exact)))
+        row_max.append(float(np.median(mx)))
+        row_med.append(float(np.median(md)))
+        out_err.append(float(np.median(outs)))
+    thm1 = [_thm1_eps(n, kq) for kq in ks]
+    one_row = [_eps_for(4 * math.log(4) / kq) for kq in ks]
+    fig = Figure(f"Linformer Theorem 1: error of P R^T R vs k (n = {n}, d = {d}, median of {draws} draws)", "k",
+                 "error", [float(kq) for kq in ks],
+                 {"max over rows (additive JL error)": row_max, "median over rows": row_med,
+                  "||P R^T R V - P V||_F / ||P V||_F": out_err},
+                 {"Theorem 1: k = 5 ln n/(eps^2 - eps^3)": thm1,
+                  "JL, one row, median: 2 exp(-(eps^2 - eps^3) k/4) = 1/2": one_row}, loglog=True)
+    promised = [(kq, b) for kq, b in zip(ks, thm1) if b == b]
+    text = (f" Error vs k (n = {n}, d = {d}, median of {draws} draws): max row error "
+            + ", ".join(f"k={kq}: {e:.3f}" for kq, e in zip(ks, row_max))
+            + "; median row error " + ", ".join(f"k={kq}: {e:.3f}" for kq, e in zip(ks, row_med))
+            + ("; Theorem 1's eps(k) " + ", ".join(f"k={kq}: {b:.3f}" for kq, b in promised) if promised else
+               "; Theorem 1 promises no eps < 1 at any k <= n here")
+            + f" (nothing below k = {math.ceil(5 * math.log(n) * 27 / 4)}); max row error "
+            + ("below" if all(e <= b for e, b in zip(row_max, thm1) if b == b) else "ABOVE")
+            + " Theorem 1's curve and median row error "
+            + ("below" if all(e <= b for e, b in zip(row_med, one_row) if b == b) else "ABOVE")
+            + " the one-row JL curve where defined; the whole output P R^T R V is off by "
+            + ", ".join(f"{e:.2f}" for e in out_err)
+            + " relative (the additive guarantee is relative to |u_i| |w|, not to |P w|).")
+    return fig, text
+
+
+def _eps_for(c: float) -> float:
+    """The root in (0, 2/3] of eps^2 - eps^3 = c (nan when c > 4/27)."""
+    if c > 4 / 27:
+        return float("nan")
+    lo, hi = 0.0, 2 / 3
+    for _ in range(80):  # bisection: eps^2 - eps^3 increases on [0, 2/3]
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mid * mid - mid**3 < c else (lo, mid)
+    return (lo + hi) / 2
+
+
 @claim("lin-thm1", paper="001", source="survey 001 sec. 2.3 Theorem 1 (Linformer Thm 1); Verma 003 sec. 3.1",
        statement="with k = 5 log n / (eps^2 - eps^3), P~ = P R^T R has rank k and "
                  "Pr(||P~ w^T - P w^T|| < eps ||P w^T||) > 1 - o(1) for any column w of V")
@@ -263,8 +332,10 @@ def check_lin_thm1(ctx: Context) -> tuple:
                 f"{nonzero}/20 draws, so Pr(||P~w - Pw|| < eps ||Pw||) = 0: the theorem fails as stated "
                 "(the proof applies an additive JL bound as a relative one). Also: the appendix line "
                 "'when k = log(n)' contradicts k = 5 log(n)/(eps^2-eps^3).")
+    fig, curve = _error_vs_k(ctx)
     status = "fails" if (zero_exact and nonzero == 20) else ("holds" if additive_ok else "fails")
-    return status, evidence, f"relative form: 0/20 draws succeed; additive: {fails}/{n_draws} fail (<= {claimed:.2f})"
+    return (status, evidence + curve,
+            f"relative form: 0/20 draws succeed; additive: {fails}/{n_draws} fail (<= {claimed:.2f})", fig)
 
 
 @claim("lin-thm2", paper="001", source="survey 001 sec. 2.3 Theorem 2 (Linformer Thm 2, App. B)",
