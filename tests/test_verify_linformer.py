@@ -8,6 +8,8 @@ Each expected status follows from the mathematics (RECIPES.md sec. 1 and 6), not
 - lin-shapes fails (E in R^{n x k} makes E K undefined); lin-k-vs-n holds only for n >= n0(eps).
 - verma-cost fails (forming E K, F V costs 2 k m (d + dv)); verma-k fails (product instead of
   quotient makes the union bound >= 1); verma-delta fails (2^-n makes exp(delta x) == 1 exactly).
+- verma-thm1 fails as printed: Verma's P = H L has rank <= d < n, so P c = 0 for c in its null space
+  while P R^T R c != 0 almost surely (the relative bound cannot be met).
 - verma-scaling-eq holds (associativity); verma-lowrank holds (rank(P) <= d by construction);
   verma-norm-product fails (|a . b| < ||a|| ||b|| unless parallel).
 - surv-linformer-on holds only at fixed k (the count is 8 n k d + O(n k)).
@@ -32,6 +34,7 @@ EXPECTED = {
     "verma-cost": "fails",
     "verma-k": "fails",
     "verma-delta": "fails",
+    "verma-thm1": "fails",
     "verma-scaling-eq": "holds",
     "verma-lowrank": "holds",
     "verma-norm-product": "fails",
