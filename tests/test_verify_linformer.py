@@ -23,6 +23,7 @@ import refattn.verification.linformer  # noqa: F401  (registers the claims)
 from refattn.verification._verdict import REGISTRY, STATUSES, Context, Figure, Verdict
 
 import refattn
+from tests._ledger import quick_verdict
 
 EXPECTED = {
     "jl-av": "holds",
@@ -50,7 +51,7 @@ def ctx():
 @pytest.mark.parametrize("claim_id", sorted(EXPECTED))
 def test_claim_status_in_quick_mode(ctx, claim_id):
     info = REGISTRY[claim_id]
-    verdict = info.check(ctx)
+    verdict = quick_verdict(claim_id)  # the shared quick run (tests/_ledger.py)
     assert isinstance(verdict, Verdict) and verdict.status in STATUSES
     assert verdict.status == EXPECTED[claim_id], verdict.evidence
     assert verdict.evidence and verdict.figure and verdict.source and verdict.statement
