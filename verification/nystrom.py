@@ -79,7 +79,7 @@ def _error_vs_m(ctx: Context) -> tuple[Figure, str]:
                          ("iterative pinv (6 iterations)", {"on_divergence": "ignore"})):
             out = _host(ctx, refattn.nystrom_attention(*args, num_landmarks=m, **kw))
             series[name].append(max(float(np.linalg.norm(out - want) / np.linalg.norm(want)), 1e-17))
-    fig = Figure(f"Nystrom attention: relative error vs landmarks m (n = {n}, d = {d}, Gaussian inputs)",
+    fig = Figure(f"Nystrom attention: relative error vs landmarks m (n = {n}, d = {d})",
                  "m (landmarks)", "||out - softmax attention||_F / ||softmax attention||_F", [float(m) for m in ms],
                  series, loglog=True)
     text = (f"Error vs m (n = {n}, d = {d}, segment-means landmarks): exact pinv "
@@ -181,10 +181,11 @@ def nys_pinv(ctx: Context):
                 + f". Violated condition (Z_0 = 5 A^T/||A||_2^2, e_0 = -4): ||I - A Z_j||_2 = {bad[0]:.1f} -> "
                 f"{bad[-1]:.3g} after 3 steps (e -> e^3 (3 + e)/4 from e_0 < -3.13 diverges), reported as "
                 f"PinvConvergenceError: {reported}.")
-    fig = Figure("Iterative pseudoinverse per iteration: error to A^+ and residual ||AA^+ - A Z_j||_2",
-                 "iteration j", "||Z_j - A^+||_2 / ||A^+||_2 (error); ||A A^+ - A Z_j||_2 (residual)",
+    fig = Figure("Iterative pinv per iteration: error and residual ||AA^+ - AZ_j||_2",
+                 "iteration j", "relative error to A^+; residual",
                  list(range(33)), {**{f"error, {k}": [max(v, 1e-17) for v in s] for k, s in series.items()},
-                                   **{f"residual, {k}": [max(v, 1e-17) for v in s] for k, s in residuals.items()}})
+                                   **{f"residual, {k}": [max(v, 1e-17) for v in s] for k, s in residuals.items()}},
+                 logy=True)
     return ("holds" if ok else "fails"), evidence, f"max ||A||2^2/(||A||1||A||inf) = {worst:.3f}", fig
 
 
