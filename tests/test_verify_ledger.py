@@ -116,3 +116,17 @@ def test_plots_are_drawn(tmp_path):
     for cid in PLOTS:
         assert (tmp_path / files[cid]).stat().st_size > 0
     assert summary is not None and (tmp_path / summary).is_file()
+
+
+def test_readme_main_job_is_refattn_verify_and_ci_installs_what_it_needs():
+    """README's first fresh-machine command ends in `refattn verify` (the main job, which draws plots),
+    its test command is the one .ci/run runs, and .ci/run installs the plots extra."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    blocks = readme.split("## On a fresh machine", 1)[1].split("```bash\n")[1:3]
+    install, tests = (b.split("```", 1)[0].strip() for b in blocks)
+    assert install.endswith("refattn verify") and ".[test,plots]" in install
+    assert tests == "python -m pytest -q -p no:cacheprovider"
+    assert ci.strip().splitlines()[-1] == tests
+    assert '-e ".[test,plots]"' in ci
+    assert "docs/verify_counts.png" in readme and (ROOT / "docs" / "verify_counts.png").is_file()
