@@ -379,7 +379,7 @@ def _mse_vs_features(ctx: Context) -> tuple[Figure, str]:
     kg = math.exp(-float(np.sum((x - y) ** 2)) / 2)
     trig1 = (1 - kg * kg) ** 2 / 2
     ds = (4, 8, 16, 32, 64)
-    reps = 1_500 if ctx.quick else 40_000
+    reps = 1_500 if ctx.quick else 10_000
     series: dict[str, list[float]] = {}
     xy = np.stack([x, y])[None]
     for name, sampler in (("iid", rr.gaussian_projection), ("orthogonal", rr.orthogonal_projection)):
