@@ -15,6 +15,7 @@ from refattn.verification import kernels  # noqa: F401  (registers the claims)
 from refattn.verification._verdict import REGISTRY, Context
 
 import refattn
+from tests._ledger import quick_verdict
 
 EXPECTED = {
     "glu-param": "holds",
@@ -34,7 +35,7 @@ def test_every_claim_of_paper_002_is_registered():
 
 @pytest.mark.parametrize("claim_id", sorted(EXPECTED))
 def test_quick_status(claim_id):
-    verdict = REGISTRY[claim_id].check(Context(quick=True, backend=refattn.backends.get("numpy")))
+    verdict = quick_verdict(claim_id)  # the shared quick run (tests/_ledger.py)
     assert verdict.status == EXPECTED[claim_id], verdict.evidence
     assert verdict.evidence and verdict.figure
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 from refattn import backends
+from tests._ledger import quick_verdict
 from verification import nystrom  # noqa: F401  (registers the claims)
 from verification._verdict import REGISTRY, Context
 
@@ -34,7 +35,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize("claim_id", sorted(EXPECTED))
 def test_claim_status_in_quick_mode(claim_id):
-    verdict = REGISTRY[claim_id].check(Context(quick=True, backend=backends.get("numpy")))
+    verdict = quick_verdict(claim_id)  # the shared quick run (tests/_ledger.py)
     assert verdict.status == EXPECTED[claim_id], verdict.evidence
     assert verdict.evidence and verdict.figure
 

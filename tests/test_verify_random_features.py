@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import pytest
 from refattn.verification import random_features  # importing registers the claims
-from refattn.verification._verdict import REGISTRY, STATUSES, Context
+from refattn.verification._verdict import REGISTRY, STATUSES
 
-from refattn import backends
+from tests._ledger import quick_verdict
 
 EXPECTED = {
     "rff-unbiased": "holds",
@@ -47,7 +47,7 @@ def test_every_claim_of_the_module_is_registered():
 
 @pytest.mark.parametrize("claim_id", sorted(EXPECTED))
 def test_claim_status_quick(claim_id):
-    verdict = REGISTRY[claim_id].check(Context(quick=True, backend=backends.get("numpy")))
+    verdict = quick_verdict(claim_id)  # the shared quick run (tests/_ledger.py)
     assert verdict.status in STATUSES
     assert verdict.status == EXPECTED[claim_id], verdict.evidence
     assert verdict.evidence and verdict.figure

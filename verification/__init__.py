@@ -77,7 +77,8 @@ __all__ = ["MODULES", "CATALOGUE", "PAPERS", "PAPER_ALIASES", "Entry", "Verdict"
            "claim", "REGISTRY", "STATUSES", "load", "run", "resolve_paper", "claim_ids", "entries",
            "module_status"]
 
-#: The claim modules, in the order the ledger lists them (each optional until its method lands).
+#: The claim modules, in the order the ledger lists them (tests/test_verify_ledger.py checks that every
+#: verification/<module>.py is listed and that every catalogue claim is registered by its module).
 MODULES: tuple[str, ...] = ("heat", "linformer", "random_features", "nystrom", "kernels", "hadamard",
                             "survey")
 

@@ -25,7 +25,7 @@ class Figure:
     """Plot data a claim returns; the runner draws it (matplotlib) and stores it in report.json.
 
     ``series`` maps a label to y values over ``x``; ``lines`` are reference curves (a bound) drawn
-    dashed; ``loglog`` picks log axes on both sides.
+    dashed; ``loglog`` picks log axes on both sides, ``logy`` a log y axis only (iterations, errors).
     """
 
     title: str
@@ -35,6 +35,7 @@ class Figure:
     series: dict[str, list[float]]
     lines: dict[str, list[float]] = field(default_factory=dict)
     loglog: bool = False
+    logy: bool = False
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ _FIGURE = {
         "series": {"type": "object", "additionalProperties": {"type": "array", "items": _NUM_OR_NULL}},
         "lines": {"type": "object", "additionalProperties": {"type": "array", "items": _NUM_OR_NULL}},
         "loglog": {"type": "boolean"},
+        "logy": {"type": "boolean"},  # optional: a log y axis only
     },
 }
 _COUNTS = {
@@ -357,14 +358,16 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> tuple[dict[str, str], str
         if not fig_data:
             continue
         loglog = bool(fig_data["loglog"])
+        logy = loglog or bool(fig_data.get("logy", False))
         x = _positive(fig_data["x"], loglog)
         fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
         for label, ys in fig_data["series"].items():
-            ax.plot(x, _positive(ys, loglog), marker="o", markersize=3, label=label)
+            ax.plot(x, _positive(ys, logy), marker="o", markersize=3, label=label)
         for label, ys in fig_data["lines"].items():
-            ax.plot(x, _positive(ys, loglog), linestyle="--", color="0.4", linewidth=1, label=label)
+            ax.plot(x, _positive(ys, logy), linestyle="--", color="0.4", linewidth=1, label=label)
         if loglog:
             ax.set_xscale("log")
+        if logy:
             ax.set_yscale("log")
         ax.set_title(fig_data["title"], fontsize=10)
         ax.set_xlabel(fig_data["xlabel"])
