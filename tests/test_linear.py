@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refattn
+from refattn.cost import measure
 from refattn.methods import linear
 from refattn.methods._kernelized import kernelized_backward, kernelized_forward
 from refattn.methods._prefix import causal_dot, causal_dot_backward
@@ -528,9 +529,6 @@ COST_CASES = [
 
 @pytest.mark.parametrize(("which", "kw"), COST_CASES)
 def test_closed_form_cost_equals_counted(which, kw):
-    measure = getattr(refattn.cost, "measure", None)
-    if measure is None:
-        pytest.skip("refattn.cost.measure not landed")
     rs = np.random.default_rng(23)
     q, k, v = np.abs(rs.standard_normal((2, 3, 7, 4))), rs.standard_normal((2, 3, 9, 4)), rs.standard_normal(
         (2, 3, 9, 5))

@@ -832,8 +832,7 @@ def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
         for i0 in range(0, n, chunk):
             c = min(chunk, n - i0)
             per += 2 * c * c * f + 2 * c * c * e + 2 * c * f * e + c * e + 2 * f * c * e + f * e
-        if masked and m:
-            per += m - 1  # first kept key per batch element
+        # (the first kept key per batch element, for the empty rows, is an integer min: 0 flops)
     else:
         per += 2 * f * m * e + 2 * n * f * e
     per += n * dv  # num / den
