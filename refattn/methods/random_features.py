@@ -232,6 +232,15 @@ def _exponent(xp: Any, kind: str, x: Any, w: Any, times: float = 1.0) -> tuple[A
     return u, base - sq
 
 
+def _phi(xp: Any, kind: str, u: Any, t: Any, n_freq: int) -> Any:
+    """The map from its projections: ``D^-1/2 [sin u, cos u]`` (trig) or ``F^-1/2 exp(t)`` (``F = D``
+    positive, ``2D`` hyperbolic; ``t`` the, possibly shifted, exponent)."""
+    if kind == "trig":
+        a = 1.0 / math.sqrt(n_freq)
+        return xp.concat([xp.sin(u) * a, xp.cos(u) * a], axis=-1)
+    return xp.exp(t) * (1.0 / math.sqrt(n_freq if kind == "positive" else 2 * n_freq))
+
+
 def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
                      check: bool) -> tuple[Any, FeatureResiduals]:
     xp = namespace(x, w)
@@ -255,11 +264,7 @@ def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
     u, t = _exponent(xp, kind, x, w)
     share = None
     axes: tuple[int, ...] = ()
-    if kind == "trig":
-        a = 1.0 / math.sqrt(n_freq)
-        phi = xp.concat([xp.sin(u) * a, xp.cos(u) * a], axis=-1)
-    else:
-        a = 1.0 / math.sqrt(n_freq if kind == "positive" else 2 * n_freq)
+    if kind != "trig":
         if stabilize is None:
             _check_exponent(xp, t, f"{kind} features")
         elif math.prod(t.shape):
@@ -268,7 +273,7 @@ def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
             hit = xp.astype(t == top, t.dtype)
             share = hit / xp.sum(hit, axis=axes, keepdims=True)
             t = t - top
-        phi = xp.exp(t) * a
+    phi = _phi(xp, kind, u, t, n_freq)
     res = FeatureResiduals(kind, x, w, phi, share, axes, dtype, shapes)
     return (xp.astype(phi, dtype) if work != dtype else phi), res
 
@@ -277,18 +282,9 @@ def features_backward(res: FeatureResiduals, dout: Any, /) -> FeatureGrads:
     """Hand-written backward of the three feature maps: ``FeatureGrads(dx, dW)``."""
     xp = namespace(res.x, dout)
     g = xp.astype(dout, res.phi.dtype) if dout.dtype != res.phi.dtype else dout
-    x, w, phi = res.x, res.w, res.phi
-    n_freq = w.shape[-2]
-    if res.kind == "trig":
-        s, c = phi[..., :n_freq], phi[..., n_freq:]
-        du = g[..., :n_freq] * c - g[..., n_freq:] * s
-        dx = du @ w
-    else:
-        dt = g * phi
-        if res.share is not None:
-            dt = dt - res.share * xp.sum(dt, axis=res.axes, keepdims=True)
-        du = dt if res.kind == "positive" else dt[..., :n_freq] - dt[..., n_freq:]
-        dx = du @ w - x * xp.sum(dt, axis=-1, keepdims=True)
+    x = res.x
+    dx, du = _features_grad(xp, res.kind, x, res.w, res.phi, g, 0.0 if res.kind == "trig" else -1.0,
+                            res.share, res.axes)
     dw = xp.matrix_transpose(du) @ x
     grads = (unbroadcast(xp, dx, res.shapes[0]), unbroadcast(xp, dw, res.shapes[1]))
     return FeatureGrads(*(xp.astype(a, res.dtype) if a.dtype != res.dtype else a for a in grads))
@@ -439,14 +435,18 @@ def _unit(xp: Any, x: Any, name: str) -> tuple[Any, Any]:
     return x / norm, norm
 
 
-def _validate_options(features: str, kernel: str, invalid_normalizer: str, scale: Any,
-                      sigma: Any, d: int) -> float:
+def _check_kind(features: str, kernel: str) -> None:
     if features not in FEATURES:
         msg = f"features must be one of {FEATURES}, got {features!r}"
         raise ValueError(msg)
     if kernel not in KERNELS:
         msg = f"kernel must be one of {KERNELS}, got {kernel!r}"
         raise ValueError(msg)
+
+
+def _validate_options(features: str, kernel: str, invalid_normalizer: str, scale: Any,
+                      sigma: Any, d: int) -> float:
+    _check_kind(features, kernel)
     if invalid_normalizer not in _INVALID:
         msg = f"invalid_normalizer must be one of {_INVALID}, got {invalid_normalizer!r}"
         raise ValueError(msg)
@@ -507,30 +507,24 @@ def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", ke
 
     # query features: phi(xq), optionally divided by exp(row max of the exponents)
     uq, tq = _exponent(xp, features, xq, w)
-    if features == "trig":
-        a = 1.0 / math.sqrt(n_freq)
-        phi_q = xp.concat([xp.sin(uq) * a, xp.cos(uq) * a], axis=-1)
-    else:
-        a = 1.0 / math.sqrt(n_freq if features == "positive" else 2 * n_freq)
+    if features != "trig":
         if stabilize:
             tq = tq - xp.max(tq, axis=-1, keepdims=True)
         else:
             _check_exponent(xp, tq, "query features")
-        phi_q = xp.exp(tq) * a
+    phi_q = _phi(xp, features, uq, tq, n_freq)
 
     # key features times r_j = exp(sign |xk|^2 / 2), optionally divided by one exp(max) per batch element
     sign = _key_log_weight_sign(features, kernel)
     uk, tk = _exponent(xp, features, xk, w, times=1.0 - sign)
     keep_col = None if keep is None else keep[..., None]
-    if features == "trig":
-        phi_k = xp.concat([xp.sin(uk) * a, xp.cos(uk) * a], axis=-1)
-        if sign != 0.0:
-            lr = _sq_half(xp, xk)
-            lr = _shift(xp, lr, keep_col) if stabilize else _checked(xp, lr, "key weights exp(|k|^2/2)")
-            phi_k = phi_k * xp.exp(lr)
-    else:
+    if features != "trig":
         tk = _shift(xp, tk, keep_col) if stabilize else _checked(xp, tk, "key features")
-        phi_k = xp.exp(tk) * a
+    phi_k = _phi(xp, features, uk, tk, n_freq)
+    if features == "trig" and sign != 0.0:
+        lr = _sq_half(xp, xk)
+        lr = _shift(xp, lr, keep_col) if stabilize else _checked(xp, lr, "key weights exp(|k|^2/2)")
+        phi_k = phi_k * xp.exp(lr)
 
     report = "ignore" if invalid_normalizer == "zero" else _normalizer_error(features, stabilize)
     out, core = kernelized_forward(phi_q, phi_k, v, causal=is_causal, chunk=chunk, key_keep=keep, eps=0.0,
@@ -583,9 +577,10 @@ def _normalizer_error(features: str, stabilize: bool) -> Any:
     return report
 
 
-def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any,
-                   norm_coeff: float) -> tuple[Any, Any]:
-    """``(dx, du)`` of ``phi = f(x W^T) * exp(norm_coeff * |x|^2 / 2)`` (offsets constant)."""
+def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any, norm_coeff: float,
+                   share: Any = None, axes: tuple[int, ...] = ()) -> tuple[Any, Any]:
+    """``(dx, du)`` of ``phi = f(x W^T) * exp(norm_coeff * |x|^2 / 2)``: offsets constant, or (``share``
+    given) the exact derivative of the max shift over ``axes`` (the stabilised feature maps)."""
     n_freq = w.shape[-2]
     if features == "trig":
         s, c = phi[..., :n_freq], phi[..., n_freq:]
@@ -595,6 +590,8 @@ def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any,
             dx = dx + x * (xp.sum(dphi * phi, axis=-1, keepdims=True) * norm_coeff)
         return dx, du
     dt = dphi * phi
+    if share is not None:
+        dt = dt - share * xp.sum(dt, axis=axes, keepdims=True)
     du = dt if features == "positive" else dt[..., :n_freq] - dt[..., n_freq:]
     dx = du @ w + x * (xp.sum(dt, axis=-1, keepdims=True) * norm_coeff)
     return dx, du
@@ -740,12 +737,7 @@ def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
     check_positive_int("n_features", n_features)
     check_positive_int("batch", batch)
     check_positive_int("chunk", chunk)
-    if features not in FEATURES:
-        msg = f"features must be one of {FEATURES}, got {features!r}"
-        raise ValueError(msg)
-    if kernel not in KERNELS:
-        msg = f"kernel must be one of {KERNELS}, got {kernel!r}"
-        raise ValueError(msg)
+    _check_kind(features, kernel)
     if causal and n != m:
         msg = f"causal random-feature attention needs n == m, got n = {n}, m = {m}"
         raise ValueError(msg)
