@@ -202,6 +202,10 @@ def _check(args: argparse.Namespace) -> int:
     elif spec.error_bound is None:
         msg = f"method {spec.name!r} has no error model yet: pass --rtol and --atol"
         raise BadInput(msg)
+    elif grads is not None and not spec.grad_bounds:
+        msg = (f"method {spec.name!r} has a forward error model only: check the gradients with --rtol and "
+               "--atol, or leave out --grads")
+        raise BadInput(msg)
     else:
         tols = spec.error_bound(*host, dtype=dtype, dout=dout, accum_dtype=accum, **kw)
         why = (f"elementwise rounding-error bound of {spec.name} attention in {dtype} (accumulating in "

@@ -607,6 +607,10 @@ def assert_attention_close(actual: Any, desired: Any, *, dtype: Any = None, rtol
     elif inputs is not None:
         spec = get_method(method)
         args, kw, dout = _parse_inputs(inputs, spec)
+        if which != "out" and not spec.grad_bounds:
+            msg = (f"method {spec.name!r} has a forward error model only: compare {which} with explicit "
+                   "rtol and atol")
+            raise ValueError(msg)
         if which != "out" and dout is None:
             msg = f"which={which!r} needs the output cotangent: pass inputs as a dict with 'dout'"
             raise ValueError(msg)
@@ -817,6 +821,10 @@ def check_attention(fn: Callable[..., Any], method: str = "softmax", *, backend:
     explicit = rtol is not None or atol is not None
     if not explicit and spec.error_bound is None:
         msg = f"method {spec.name!r} has no error model yet: give rtol and atol"
+        raise ValueError(msg)
+    if grads and not explicit and not spec.grad_bounds:
+        msg = (f"method {spec.name!r} has a forward error model only (no gradient bound): pass grads=False, "
+               "or rtol and atol")
         raise ValueError(msg)
     if grads and vjp is None and not _is_registered(fn) and be.name != "torch":
         msg = ("grads=True needs a way to differentiate fn: pass vjp=(q, k, v, ...) -> (out, pullback), "
