@@ -191,6 +191,15 @@ class MethodSpec:
     grad_bounds: bool = True
     adapt_shape: Callable[[Shape, str], Shape] | None = None
 
+    def missing_model(self, *, grads: bool) -> str | None:
+        """Why the error model cannot give the tolerances asked for (``None`` when it can); callers
+        append how to give explicit tolerances."""
+        if self.error_bound is None:
+            return f"method {self.name!r} has no error model yet"
+        if grads and not self.grad_bounds:
+            return f"method {self.name!r} has a forward error model only (no gradient bound)"
+        return None
+
     @property
     def grad_names(self) -> tuple[str, ...]:
         return ("dq", "dk", "dv", *("d" + p for p in self.param_names))
@@ -492,6 +501,14 @@ def _full(xp: Any, batch: tuple[int, ...], *arrays: Any) -> list[Any]:
     return [xp.broadcast_to(a, (*batch, *a.shape[-2:])) for a in arrays]
 
 
+def _prologue(q: Any, k: Any, v: Any, mask: Any, causal: Any, key_lengths: Any,
+              params: dict[str, Any] | None = None) -> tuple[Any, tuple[int, ...], Any, Any, Any, Any]:
+    """``(xp, batch, keep, Q, K, V)``: validated inputs, the full keep matrix, full-batch arrays."""
+    xp, batch = validate_qkv(q, k, v, extra={**(params or {}), "mask": mask, "key_lengths": key_lengths})
+    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
+    return (xp, batch, keep, *_full(xp, batch, q, k, v))
+
+
 def _key_keep(xp: Any, keep: Any) -> Any:
     """``(..., 1, m)``: the keys that some query keeps (the key-padding vector of a padding-only or
     causal keep matrix)."""
@@ -563,11 +580,9 @@ def linear_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = Non
     the causal chunks, and the products), so the normalised assembly errs by
     :func:`_kernelized_bound` with ``gamma_K``: ``E = (E_num + |out| E_den) / (den - E_den) + u|out|``.
     """
-    xp, batch = validate_qkv(q, k, v, extra={"mask": mask, "key_lengths": key_lengths})
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths)
     d, m = q.shape[-1], k.shape[-2]
     s = 1.0 if scale is None else resolve_scale(scale, d)
-    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
-    Q, K, V = _full(xp, batch, q, k, v)
     x = Q * s
     fq, fk = _elu1(xp, x), _elu1(xp, K)
     slope = xp.where(x > 0, 1.0, fq)
@@ -593,11 +608,9 @@ def efficient_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = 
     ``out = rho_q (rho_k^T V)`` (no normaliser) errs by ``T |V| + u|out|`` with sums of depth
     ``K = m + d + 2`` (:func:`_kernelized_bound` with ``eps=None``).
     """
-    xp, batch = validate_qkv(q, k, v, extra={"mask": mask, "key_lengths": key_lengths})
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths)
     d, m = q.shape[-1], k.shape[-2]
     s = 1.0 if scale is None else resolve_scale(scale, d)
-    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
-    Q, K, V = _full(xp, batch, q, k, v)
     x = Q * s
     rq, aq = _softmax_rows(xp, x, xp.ones(x.shape, dtype=xp.bool, device=device(x)))
     kcol = xp.matrix_transpose(_key_keep(xp, keep))  # (..., m, 1)
@@ -628,12 +641,10 @@ def random_feature_error_bound(q: Any, k: Any, v: Any, w: Any, /, *, dtype: str,
     ``1/sqrt(D)`` and storage by ``4u``: a relative feature error ``eps_t``. Then the normalised
     assembly (``eps = 0``) as :func:`_kernelized_bound` with ``K = m + D + 4``.
     """
-    xp, batch = validate_qkv(q, k, v, extra={"W": w, "mask": mask, "key_lengths": key_lengths})
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"W": w})
     d, m = q.shape[-1], k.shape[-2]
     n_freq = w.shape[-2]
     s = resolve_scale(scale, d)
-    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
-    Q, K, V = _full(xp, batch, q, k, v)
     root = math.sqrt(s)
     mT = xp.matrix_transpose
 
@@ -686,10 +697,8 @@ def kernel_error_bound(q: Any, k: Any, v: Any, w_f: Any, w_g: Any, /, *, dtype: 
     + phi ((1 - sigmoid(b)) db + 5u)``. Then the assembly (``eps = 0``) as :func:`_kernelized_bound`
     with ``K = m + D + 4``.
     """
-    xp, batch = validate_qkv(q, k, v, extra={"w_f0": w_f, "w_g0": w_g, "mask": mask, "key_lengths": key_lengths})
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"w_f0": w_f, "w_g0": w_g})
     d, m, n_feat = q.shape[-1], k.shape[-2], w_f.shape[-1]
-    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
-    Q, K, V = _full(xp, batch, q, k, v)
 
     def parts(x: Any) -> tuple[Any, ...]:
         a, b = x @ w_f, x @ w_g
@@ -719,11 +728,9 @@ def linformer_error_bound(q: Any, k: Any, v: Any, e: Any, f: Any, /, *, dtype: s
     (:func:`softmax_error_bound`) on ``(q, E K, F V)`` (padded keys zeroed first), plus the errors of
     the projections: ``|d(EK)| <= gamma_m |E||K|`` adds ``gamma_m |s| |Q| (|E||K|)^T`` to every
     logit's error, and ``|d(FV)| <= gamma_m |F||V|`` adds ``gamma_m P (|F||V|)`` to the output's."""
-    xp, batch = validate_qkv(q, k, v, extra={"E": e, "F": f, "mask": mask, "key_lengths": key_lengths})
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"E": e, "F": f})
     n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
     s = resolve_scale(scale, d)
-    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
-    Q, K, V = _full(xp, batch, q, k, v)
     kcol = xp.matrix_transpose(_key_keep(xp, keep))
     K, V = xp.where(kcol, K, 0.0), xp.where(kcol, V, 0.0)
     kp, vp = e @ K, f @ V
@@ -748,12 +755,10 @@ def verma_error_bound(q: Any, k: Any, v: Any, e: Any, f: Any, /, *, dtype: str, 
     err by ``u|x - max| + u|x| + 3u``; ``L``: by ``gamma_m |s| (|E||K|)^T + 2u|y| + u|y - max| + 3u``),
     ``|dX| <= gamma_m |F||V|``; the product of two non-negative matrices and ``X`` (either association)
     errs by ``((H (eps_H + gamma_{d+k+2})) L + H (L eps_L)) |X| + H L |dX| + u|out|``."""
-    xp, batch = validate_qkv(q, k, v, extra={"E": e, "F": f, "mask": mask, "key_lengths": key_lengths})
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"E": e, "F": f})
     d, m = q.shape[-1], k.shape[-2]
     s = resolve_scale(scale, d)
     mT = xp.matrix_transpose
-    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
-    Q, K, V = _full(xp, batch, q, k, v)
     kcol = mT(_key_keep(xp, keep))
     K, V = xp.where(kcol, K, 0.0), xp.where(kcol, V, 0.0)
     x = Q * s
@@ -818,12 +823,11 @@ def nystrom_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = No
     """
     from .methods.nystrom import segment_means
 
-    xp, batch = validate_qkv(q, k, v, extra={"mask": mask, "key_lengths": key_lengths})
+    xp, _, _, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths)
     n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
     r = NYSTROM_LANDMARKS
     s = resolve_scale(scale, d)
     mT = xp.matrix_transpose
-    Q, K, V = _full(xp, batch, q, k, v)
     qt, kt = segment_means(Q, r), segment_means(K, r)
     aqt, akt = segment_means(xp.abs(Q), r), segment_means(xp.abs(K), r)
 
