@@ -16,21 +16,17 @@ Every method of refattn is registered, each with an error model of the same kind
 first-order elementwise worst-case rounding bound in Higham's model, ``SAFETY`` x (implementation +
 float64 reference), derived in each ``*_error_bound`` docstring):
 
-==================  =====================================================  =========================
-name                oracle (fixed options)                                  model
-==================  =====================================================  =========================
-``softmax``         :func:`refattn.softmax_attention`                       out and gradients
-``linear``          :func:`refattn.linear_attention` (elu+1, eps 1e-6)      out (kernelized bound)
-``efficient``       :func:`refattn.efficient_attention` (softmax norm.)     out (kernelized, no norm.)
-``random_feature``  :func:`refattn.random_feature_attention` (FAVOR+)        out (kernelized bound)
-``kernel``          :func:`refattn.kernel_attention` (``kernel="glu"``)     out (kernelized bound)
-``linformer``       :func:`refattn.linformer_attention`                     out (softmax + projections)
-``verma``           :func:`refattn.verma_attention`                         out (product of softmaxes)
-``heat``            :func:`refattn.heat_attention` (``reading="hadamard"``) out and gradients (per
-                                                                            channel softmax)
-``nystrom``         :func:`refattn.nystrom_attention` (2 landmarks, exact   out (pinv perturbation,
-                    pinv)                                                   carries cond(A))
-==================  =====================================================  =========================
+- ``softmax``: :func:`refattn.softmax_attention`; output and gradients.
+- ``linear``: :func:`refattn.linear_attention` (elu+1, eps 1e-6); output (kernelized bound).
+- ``efficient``: :func:`refattn.efficient_attention` (softmax normalisation); output.
+- ``random_feature``: :func:`refattn.random_feature_attention` (FAVOR+ defaults); output.
+- ``kernel``: :func:`refattn.kernel_attention` (``kernel="glu"``); output.
+- ``linformer``: :func:`refattn.linformer_attention`; output (softmax model plus the projections).
+- ``verma``: :func:`refattn.verma_attention`; output (a product of two softmaxes and ``F V``).
+- ``heat``: :func:`refattn.heat_attention` (``reading="hadamard"``); output and gradients (softmax
+  attention per channel).
+- ``nystrom``: :func:`refattn.nystrom_attention` (2 landmarks, ``pinv="exact"``); output (the
+  pseudoinverse's perturbation bound, which carries ``cond(A)``).
 
 "out" only: the gradients need explicit ``rtol``/``atol`` (``MethodSpec.grad_bounds`` is False).
 The options are fixed because the oracle must compute the same function as the implementation
@@ -561,10 +557,6 @@ def _softmax_rel(xp: Any, P: Any, eta: Any, L: int, u: float, ua: float, axis: i
     return eta + xp.sum(P * eta, axis=axis, keepdims=True) + _gamma(L, ua) + u
 
 
-def _elu1(xp: Any, x: Any) -> Any:
-    return xp.where(x > 0, x + 1.0, xp.exp(xp.where(x > 0, 0.0, x)))
-
-
 def linear_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
                        causal: Any = False, scale: float | None = None, key_lengths: Any = None,
                        accum_dtype: str | None = None, ref_dtype: str = "float64",
@@ -583,6 +575,8 @@ def linear_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = Non
     xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths)
     d, m = q.shape[-1], k.shape[-2]
     s = 1.0 if scale is None else resolve_scale(scale, d)
+    from .methods.linear import _elu1
+
     x = Q * s
     fq, fk = _elu1(xp, x), _elu1(xp, K)
     slope = xp.where(x > 0, 1.0, fq)
@@ -674,15 +668,6 @@ def random_feature_error_bound(q: Any, k: Any, v: Any, w: Any, /, *, dtype: str,
     return _both_formats(dtype, accum_dtype, ref_dtype, one)
 
 
-def _softplus(xp: Any, a: Any) -> Any:
-    return xp.where(a > 0, a, 0.0) + xp.log1p(xp.exp(-xp.abs(a)))
-
-
-def _sigmoid(xp: Any, b: Any) -> Any:
-    e = xp.exp(-xp.abs(b))
-    return xp.where(b >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
 def kernel_error_bound(q: Any, k: Any, v: Any, w_f: Any, w_g: Any, /, *, dtype: str, dout: Any = None,
                        mask: Any = None, causal: Any = False, scale: float | None = None,
                        key_lengths: Any = None, accum_dtype: str | None = None, ref_dtype: str = "float64",
@@ -700,9 +685,11 @@ def kernel_error_bound(q: Any, k: Any, v: Any, w_f: Any, w_g: Any, /, *, dtype: 
     xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"w_f0": w_f, "w_g0": w_g})
     d, m, n_feat = q.shape[-1], k.shape[-2], w_f.shape[-1]
 
+    from .methods.kernels import _sigmoid, _softplus
+
     def parts(x: Any) -> tuple[Any, ...]:
         a, b = x @ w_f, x @ w_g
-        sp, sa, sb = _softplus(xp, a), _sigmoid(xp, a), _sigmoid(xp, b)
+        sp, sa, sb = _softplus(xp, a)[0], _sigmoid(xp, a)[0], _sigmoid(xp, b)[0]
         return sp * sb, sp, sa, sb, xp.abs(x) @ xp.abs(w_f) + 0.0, xp.abs(x) @ xp.abs(w_g), xp.abs(a), xp.abs(b)
 
     pq, pk = parts(Q), parts(K)
