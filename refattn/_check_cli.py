@@ -199,8 +199,8 @@ def _check(args: argparse.Namespace) -> int:
     if explicit:
         tols = dict.fromkeys(want)
         why = f"rtol={args.rtol or 0:g}, atol={args.atol or 0:g}, given on the command line"
-    elif spec.error_bound is None:
-        msg = f"method {spec.name!r} has no error model yet: pass --rtol and --atol"
+    elif spec.missing_model(grads=grads is not None):
+        msg = f"{spec.missing_model(grads=grads is not None)}: pass --rtol and --atol"
         raise BadInput(msg)
     else:
         tols = spec.error_bound(*host, dtype=dtype, dout=dout, accum_dtype=accum, **kw)

@@ -11,6 +11,27 @@ The method table
 positional parameter arrays (npz keys too), a builder for those parameters, the mask kinds and
 keyword arguments it honours, and its error model (``None`` while a method has none: callers must
 then give ``rtol``/``atol``). Adding a method is one entry in :func:`_builtin_methods`.
+
+Every method of refattn is registered, each with an error model of the same kind as softmax's (a
+first-order elementwise worst-case rounding bound in Higham's model, ``SAFETY`` x (implementation +
+float64 reference), derived in each ``*_error_bound`` docstring):
+
+- ``softmax``: :func:`refattn.softmax_attention`; output and gradients.
+- ``linear``: :func:`refattn.linear_attention` (elu+1, eps 1e-6); output (kernelized bound).
+- ``efficient``: :func:`refattn.efficient_attention` (softmax normalisation); output.
+- ``random_feature``: :func:`refattn.random_feature_attention` (FAVOR+ defaults); output.
+- ``kernel``: :func:`refattn.kernel_attention` (``kernel="glu"``); output.
+- ``linformer``: :func:`refattn.linformer_attention`; output (softmax model plus the projections).
+- ``verma``: :func:`refattn.verma_attention`; output (a product of two softmaxes and ``F V``).
+- ``heat``: :func:`refattn.heat_attention` (``reading="hadamard"``); output and gradients (softmax
+  attention per channel).
+- ``nystrom``: :func:`refattn.nystrom_attention` (2 landmarks, ``pinv="exact"``); output (the
+  pseudoinverse's perturbation bound, which carries ``cond(A)``).
+
+"out" only: the gradients need explicit ``rtol``/``atol`` (``MethodSpec.grad_bounds`` is False).
+The options are fixed because the oracle must compute the same function as the implementation
+under test: a user's HEAT with a rank-``r`` truncation, or an iterative-pinv Nystromformer, is
+checked with explicit tolerances (or by registering a spec with those options and a model).
 """
 
 from __future__ import annotations
@@ -28,7 +49,9 @@ from ._xp import device, namespace, resolve_scale, unbroadcast, validate_qkv
 __all__ = [
     "Shape", "Case", "MethodSpec", "METHODS", "get_method", "register_method", "MASK_KINDS",
     "UNIT_ROUNDOFF", "SAFETY", "default_accum", "Materialized", "materialize", "mask_kwargs",
-    "softmax_error_bound", "logit_range",
+    "softmax_error_bound", "logit_range", "linear_error_bound", "efficient_error_bound",
+    "random_feature_error_bound", "kernel_error_bound", "linformer_error_bound", "verma_error_bound",
+    "heat_hadamard_error_bound", "nystrom_error_bound",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +170,10 @@ class MethodSpec:
     options : fixed keyword options for the oracle call (e.g. a feature-map name).
     error_bound : ``(q, k, v, *params, out=, dout=, dtype=, accum_dtype=, ref_dtype=, **kw) ->
         {quantity: elementwise bound}`` or ``None`` (no model yet: give ``rtol``/``atol``).
+    grad_bounds : whether ``error_bound`` also bounds the gradients (with ``dout``); ``False``: a
+        forward model only (gradients need ``rtol``/``atol``).
+    adapt_shape : ``(shape, mask_kind) -> shape`` making a drawn shape one the method accepts
+        (e.g. ``m = n`` for a causal prefix-sum method), or ``None``.
     """
 
     name: str
@@ -157,6 +184,17 @@ class MethodSpec:
     kwargs: frozenset[str] = frozenset()
     options: Mapping[str, Any] = field(default_factory=dict)
     error_bound: Callable[..., dict[str, Any]] | None = None
+    grad_bounds: bool = True
+    adapt_shape: Callable[[Shape, str], Shape] | None = None
+
+    def missing_model(self, *, grads: bool) -> str | None:
+        """Why the error model cannot give the tolerances asked for (``None`` when it can); callers
+        append how to give explicit tolerances."""
+        if self.error_bound is None:
+            return f"method {self.name!r} has no error model yet"
+        if grads and not self.grad_bounds:
+            return f"method {self.name!r} has a forward error model only (no gradient bound)"
+        return None
 
     @property
     def grad_names(self) -> tuple[str, ...]:
@@ -288,6 +326,8 @@ def _model_terms(xp: Any, c: dict[str, Any], u: float, ua: float, tiny: float,
     g = lambda k: _gamma(k, ua)  # noqa: E731
     zero = xp.zeros_like(P)
     eta = (g(d) + 5 * u) * c["A"] + 2 * u * c["absB"] + u * c["LmS"] + 3 * u
+    for k_len, a_extra in c.get("eta_extra", ()):  # further logit errors (e.g. a projection's products)
+        eta = eta + g(k_len) * a_extra
     eta = xp.where(keep, eta, zero)
     live = P > 0  # keys with a (float64-)nonzero weight
     big = 50.0  # exponents are clamped here: e^50 - 1 already voids the model (keeps inf/NaN out)
@@ -317,8 +357,11 @@ def _model_terms(xp: Any, c: dict[str, Any], u: float, ua: float, tiny: float,
     keepf = xp.astype(keep, P.dtype)
     PV = P @ absV
     floor_o = tiny * (1.0 + keepf @ absV)
-    Eo = E1 + (g(2 * m) + 2 * u) * PV + (g(2 * m) + 3 * u) * absO + floor_o
-    capo = (1.0 + g(2 * m) + 3 * u) * CAP + (g(2 * m) + 3 * u) * (PV + absO) + floor_o
+    extra_o = xp.zeros_like(O)
+    for k_len, pv_extra in c.get("out_extra", ()):  # errors of the values themselves, weighted by P
+        extra_o = extra_o + g(k_len) * pv_extra
+    Eo = E1 + (g(2 * m) + 2 * u) * PV + (g(2 * m) + 3 * u) * absO + floor_o + extra_o
+    capo = (1.0 + g(2 * m) + 3 * u) * CAP + (g(2 * m) + 3 * u) * (PV + absO) + floor_o + extra_o
     Eo = xp.minimum(Eo, capo)
     out = {"out": Eo}
     if not with_grads:
@@ -350,36 +393,33 @@ def _model_terms(xp: Any, c: dict[str, Any], u: float, ua: float, tiny: float,
     return out
 
 
-def softmax_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
-                        causal: Any = False, scale: float | None = None, key_lengths: Any = None,
-                        accum_dtype: str | None = None, ref_dtype: str = "float64",
-                        **_ignored: Any) -> dict[str, Any]:
-    """Elementwise tolerances ``{"out": ..., "dq": ..., "dk": ..., "dv": ...}`` for softmax attention
-    computed in ``dtype`` (accumulating in ``accum_dtype``) against a reference in ``ref_dtype``.
-
-    ``q, k, v, dout, mask`` are the exact (float64) values the implementation saw. The derivation
-    is in :func:`refattn.testing.attention_error_bound`; the result is
-    ``SAFETY * (bound(dtype, accum_dtype) + bound(ref_dtype, ref_dtype))``.
-    """
+def _check_formats(dtype: str, accum_dtype: str | None, ref_dtype: str) -> str:
+    """Validate the three format names; returns the accumulation format (defaulted)."""
     _check_format(dtype, "dtype")
     accum_dtype = accum_dtype or default_accum(dtype)
     _check_format(accum_dtype, "accum_dtype")
     _check_format(ref_dtype, "ref_dtype")
-    xp, batch = validate_qkv(q, k, v, extra={"mask": mask, "dout": dout, "key_lengths": key_lengths})
-    n, d, m, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
-    s = resolve_scale(scale, d)
-    f64 = q.dtype
-    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch, dtype=f64)
+    return accum_dtype
+
+
+def _keep_bias(xp: Any, q: Any, k: Any, batch: tuple[int, ...], *, mask: Any, causal: Any,
+               key_lengths: Any) -> tuple[Any, Any]:
+    """The full ``(*batch, n, m)`` boolean keep matrix of a call and its additive bias (or None)."""
+    n, m = q.shape[-2], k.shape[-2]
+    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch,
+                     dtype=q.dtype)
     keep_b, bias_b = mask_block(xp, spec, 0, n, 0, m, device(q))
-    full = (*batch, n, m)
-    Q = xp.broadcast_to(q, (*batch, n, d))
-    K = xp.broadcast_to(k, (*batch, m, d))
-    V = xp.broadcast_to(v, (*batch, m, dv))
-    keep = xp.ones(full, dtype=xp.bool, device=device(q))
-    if keep_b is not None:
-        keep = keep & keep_b
+    keep = xp.ones((*batch, n, m), dtype=xp.bool, device=device(q))
+    return (keep if keep_b is None else keep & keep_b), bias_b
+
+
+def _softmax_exact(xp: Any, Q: Any, K: Any, V: Any, keep: Any, bias_b: Any, s: float) -> dict[str, Any]:
+    """The exact (float64) quantities of softmax attention on full-batch ``Q, K, V`` that the error
+    model needs (``keep`` also drops ``-inf`` bias entries)."""
+    n, d, m, dv = Q.shape[-2], Q.shape[-1], K.shape[-2], V.shape[-1]
+    full = tuple(keep.shape)
     S = (Q @ xp.matrix_transpose(K)) * s
-    absB = xp.zeros(full, dtype=f64, device=device(q))
+    absB = xp.zeros(full, dtype=Q.dtype, device=device(Q))
     if bias_b is not None:
         B = xp.broadcast_to(bias_b, full)
         keep = keep & xp.isfinite(B)
@@ -393,10 +433,31 @@ def softmax_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = No
     ell1 = xp.where(has, ell, 1.0)
     P = E / ell1
     L = xp.where(has, mx + xp.log(ell1), 0.0)
-    O = P @ V
-    c: dict[str, Any] = dict(n=n, m=m, d=d, dv=dv, keep=keep, P=P, O=O, V=V, L=L, scale=s, absB=absB,
-                             A=abs(s) * (xp.abs(Q) @ xp.matrix_transpose(xp.abs(K))),
-                             LmS=xp.where(keep, L - S, 0.0))
+    return dict(n=n, m=m, d=d, dv=dv, keep=keep, P=P, O=P @ V, V=V, L=L, scale=s, absB=absB,
+                A=abs(s) * (xp.abs(Q) @ xp.matrix_transpose(xp.abs(K))), LmS=xp.where(keep, L - S, 0.0))
+
+
+def softmax_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
+                        causal: Any = False, scale: float | None = None, key_lengths: Any = None,
+                        accum_dtype: str | None = None, ref_dtype: str = "float64",
+                        **_ignored: Any) -> dict[str, Any]:
+    """Elementwise tolerances ``{"out": ..., "dq": ..., "dk": ..., "dv": ...}`` for softmax attention
+    computed in ``dtype`` (accumulating in ``accum_dtype``) against a reference in ``ref_dtype``.
+
+    ``q, k, v, dout, mask`` are the exact (float64) values the implementation saw. The derivation
+    is in :func:`refattn.testing.attention_error_bound`; the result is
+    ``SAFETY * (bound(dtype, accum_dtype) + bound(ref_dtype, ref_dtype))``.
+    """
+    accum_dtype = _check_formats(dtype, accum_dtype, ref_dtype)
+    xp, batch = validate_qkv(q, k, v, extra={"mask": mask, "dout": dout, "key_lengths": key_lengths})
+    n, d, m, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    s = resolve_scale(scale, d)
+    keep, bias_b = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
+    Q = xp.broadcast_to(q, (*batch, n, d))
+    K = xp.broadcast_to(k, (*batch, m, d))
+    V = xp.broadcast_to(v, (*batch, m, dv))
+    c = _softmax_exact(xp, Q, K, V, keep, bias_b, s)
+    keep, P, O = c["keep"], c["P"], c["O"]
     with_grads = dout is not None
     if with_grads:
         G = xp.broadcast_to(dout, (*batch, n, dv))
@@ -418,20 +479,464 @@ def softmax_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = No
     return bounds
 
 
+# ----------------------------------------------------------------------------------------------
+# Forward error models of the other methods (same kind as softmax's: first-order elementwise
+# worst-case bounds from Higham's model, SAFETY x (implementation + float64 reference))
+# ----------------------------------------------------------------------------------------------
+
+def _both_formats(dtype: str, accum_dtype: str | None, ref_dtype: str,
+                  one: Callable[[float, float, float], dict[str, Any]]) -> dict[str, Any]:
+    """``SAFETY * (one(dtype's u, accum's u, tiny) + one(ref's u, ref's u, tiny))`` per quantity."""
+    accum = _check_formats(dtype, accum_dtype, ref_dtype)
+    impl = one(UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF[accum], TINY[dtype])
+    ref = one(UNIT_ROUNDOFF[ref_dtype], UNIT_ROUNDOFF[ref_dtype], TINY[ref_dtype])
+    return {key: SAFETY * (impl[key] + ref[key]) for key in impl}
+
+
+def _full(xp: Any, batch: tuple[int, ...], *arrays: Any) -> list[Any]:
+    return [xp.broadcast_to(a, (*batch, *a.shape[-2:])) for a in arrays]
+
+
+def _prologue(q: Any, k: Any, v: Any, mask: Any, causal: Any, key_lengths: Any,
+              params: dict[str, Any] | None = None) -> tuple[Any, tuple[int, ...], Any, Any, Any, Any]:
+    """``(xp, batch, keep, Q, K, V)``: validated inputs, the full keep matrix, full-batch arrays."""
+    xp, batch = validate_qkv(q, k, v, extra={**(params or {}), "mask": mask, "key_lengths": key_lengths})
+    keep, _ = _keep_bias(xp, q, k, batch, mask=mask, causal=causal, key_lengths=key_lengths)
+    return (xp, batch, keep, *_full(xp, batch, q, k, v))
+
+
+def _key_keep(xp: Any, keep: Any) -> Any:
+    """``(..., 1, m)``: the keys that some query keeps (the key-padding vector of a padding-only or
+    causal keep matrix)."""
+    return xp.any(keep, axis=-2, keepdims=True)
+
+
+def _kernelized_bound(xp: Any, fq: Any, fk: Any, eq: Any, ek: Any, V: Any, keep: Any, gk: float, u: float,
+                      tiny: float, eps: float | None) -> Any:
+    r"""First-order bound of ``out = (a V) / (a 1 + eps)``, ``a_ij = keep_ij fq_i . fk_j`` (``eps=None``:
+    no normaliser, ``out = a V``), for features known to ``eq``, ``ek`` (absolute, elementwise) and
+    every sum and product of depth at most ``K`` (``gk = gamma_K``):
+    ``|da_ij| <= T_ij = keep_ij (gk |fq_i|.|fk_j| + eq_i.|fk_j| + |fq_i|.ek_j)``,
+    ``E_num = T |V|``, ``E_den = T 1 + u den``, ``E_out = (E_num + |out| E_den) / (den - E_den) + u|out|``
+    (void, ``inf``, where ``E_den >= den / 2``; rows with ``den = 0`` must be exactly 0)."""
+    mT = xp.matrix_transpose
+    absq, absk, absV = xp.abs(fq), xp.abs(fk), xp.abs(V)
+    n_feat = fq.shape[-1]
+    a = xp.where(keep, fq @ mT(fk), 0.0)
+    # every feature, product and sum may also under/overflow to the subnormal range: tiny each
+    eq, ek = eq + tiny, ek + tiny
+    T = xp.where(keep, gk * (absq @ mT(absk)) + eq @ mT(absk) + absq @ mT(ek) + (n_feat + 2) * tiny, 0.0)
+    floor = tiny * (1.0 + xp.astype(keep, V.dtype) @ (absV + 1.0))
+    num = a @ V
+    e_num = T @ absV + floor
+    if eps is None:
+        return e_num + u * xp.abs(num)
+    den = xp.sum(a, axis=-1, keepdims=True) + eps
+    e_den = xp.sum(T, axis=-1, keepdims=True) + u * xp.abs(den) + tiny
+    nz = den != 0
+    out = xp.where(nz, num / xp.where(nz, den, 1.0), 0.0)
+    ok = xp.abs(den) > 2 * e_den
+    e = (e_num + xp.abs(out) * e_den) / xp.where(ok, xp.abs(den) - e_den, 1.0) + u * xp.abs(out)
+    return xp.where(nz, xp.where(ok, e, math.inf), floor)
+
+
+def _softmax_rows(xp: Any, S: Any, keep: Any, axis: int = -1) -> tuple[Any, Any]:
+    """``(P, |S - max|)``: the softmax of ``S`` along ``axis`` over the kept entries (0 elsewhere, and
+    0 for a slice without kept entries)."""
+    has = xp.any(keep, axis=axis, keepdims=True)
+    mx = xp.max(xp.where(keep, S, -math.inf), axis=axis, keepdims=True)
+    mx = xp.where(has, mx, 0.0)
+    E = xp.where(keep, xp.exp(xp.where(keep, S - mx, 0.0)), 0.0)
+    ell = xp.sum(E, axis=axis, keepdims=True)
+    return E / xp.where(has, ell, 1.0), xp.where(keep, xp.abs(S - mx), 0.0)
+
+
+def _softmax_rel(xp: Any, P: Any, eta: Any, L: int, u: float, ua: float, axis: int = -1) -> Any:
+    r"""Relative error bound of each softmax weight whose argument errs by ``eta`` (its exp included):
+    ``eta_j + sum_k p_k eta_k + gamma_L + u`` (the normaliser's sum of ``L`` terms and the division)."""
+    return eta + xp.sum(P * eta, axis=axis, keepdims=True) + _gamma(L, ua) + u
+
+
+def linear_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
+                       causal: Any = False, scale: float | None = None, key_lengths: Any = None,
+                       accum_dtype: str | None = None, ref_dtype: str = "float64",
+                       **_ignored: Any) -> dict[str, Any]:
+    r"""Forward tolerance ``{"out": ...}`` of :func:`refattn.linear_attention` (``feature_map="elu+1"``,
+    ``eps = 1e-6``) computed in ``dtype``.
+
+    Features ``phi(x) = x + 1`` (``x > 0``) or ``e^x``, ``x = s q`` (``s = 1`` unless given): the
+    scaling errs by ``u|x|``, which moves ``phi`` by ``u |x| phi'(x)`` (``phi' = 1`` or ``e^x``), and
+    ``x + 1`` or ``exp`` with its storage by ``3u phi``; keys are not scaled. Every weight
+    ``a_ij = phi(q_i) . phi(k_j)`` and every entry of ``a V`` and ``a 1`` is a sum of at most
+    ``K = m + D + 4`` rounded terms (the ``D``-term inner products, the ``m``-term sums, plain or in
+    the causal chunks, and the products), so the normalised assembly errs by
+    :func:`_kernelized_bound` with ``gamma_K``: ``E = (E_num + |out| E_den) / (den - E_den) + u|out|``.
+    """
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths)
+    d, m = q.shape[-1], k.shape[-2]
+    s = 1.0 if scale is None else resolve_scale(scale, d)
+    from .methods.linear import _elu1
+
+    x = Q * s
+    fq, fk = _elu1(xp, x), _elu1(xp, K)
+    slope = xp.where(x > 0, 1.0, fq)
+
+    def one(u: float, ua: float, tiny: float) -> dict[str, Any]:
+        eq = 3 * u * fq + (u * xp.abs(x) * slope if s != 1.0 else 0.0)
+        return {"out": _kernelized_bound(xp, fq, fk, eq, 3 * u * fk, V, keep, _gamma(m + d + 4, ua), u, tiny,
+                                         1e-6)}
+
+    return _both_formats(dtype, accum_dtype, ref_dtype, one)
+
+
+def efficient_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
+                          causal: Any = False, scale: float | None = None, key_lengths: Any = None,
+                          accum_dtype: str | None = None, ref_dtype: str = "float64",
+                          **_ignored: Any) -> dict[str, Any]:
+    r"""Forward tolerance of :func:`refattn.efficient_attention` (``normalization="softmax"``).
+
+    ``rho_q`` is a softmax over the ``d`` features of ``x = s q`` and ``rho_k`` a softmax over the
+    kept positions of ``k``: an argument that errs by ``eta`` (``u|x - max|`` for the shift, ``u|x|``
+    for the scaling when ``s != 1``, ``3u`` for ``exp`` and its storage) gives the relative weight error
+    ``eta_j + sum_k p_k eta_k + gamma_L + u`` (:func:`_softmax_rel`, ``L = d`` or ``m``). Then
+    ``out = rho_q (rho_k^T V)`` (no normaliser) errs by ``T |V| + u|out|`` with sums of depth
+    ``K = m + d + 2`` (:func:`_kernelized_bound` with ``eps=None``).
+    """
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths)
+    d, m = q.shape[-1], k.shape[-2]
+    s = 1.0 if scale is None else resolve_scale(scale, d)
+    x = Q * s
+    rq, aq = _softmax_rows(xp, x, xp.ones(x.shape, dtype=xp.bool, device=device(x)))
+    kcol = xp.matrix_transpose(_key_keep(xp, keep))  # (..., m, 1)
+    kcol_full = xp.broadcast_to(kcol, K.shape)
+    rk, ak = _softmax_rows(xp, K, kcol_full, axis=-2)
+
+    def one(u: float, ua: float, tiny: float) -> dict[str, Any]:
+        eta_q = u * aq + 3 * u + (u * xp.abs(x) if s != 1.0 else 0.0)
+        eq = _softmax_rel(xp, rq, eta_q, d, u, ua) * rq
+        ek = _softmax_rel(xp, rk, u * ak + 3 * u, m, u, ua, axis=-2) * rk
+        return {"out": _kernelized_bound(xp, rq, rk, eq, ek, V, keep, _gamma(m + d + 2, ua), u, tiny, None)}
+
+    return _both_formats(dtype, accum_dtype, ref_dtype, one)
+
+
+def random_feature_error_bound(q: Any, k: Any, v: Any, w: Any, /, *, dtype: str, dout: Any = None,
+                               mask: Any = None, causal: Any = False, scale: float | None = None,
+                               key_lengths: Any = None, accum_dtype: str | None = None,
+                               ref_dtype: str = "float64", **_ignored: Any) -> dict[str, Any]:
+    r"""Forward tolerance of :func:`refattn.random_feature_attention` (defaults: positive features,
+    ``kernel="softmax"``, stabilised, no ``normalize``).
+
+    Features ``exp(t - c) / sqrt(D)``, ``t = x W^T - |x|^2/2``, ``x = sqrt(s) q`` (or ``k``); ``c`` is
+    the row maximum (queries) or the maximum over the kept keys (keys), a common factor of a row or of
+    a batch element that cancels in the ratio, so its own error does not count. The exponent errs by
+    ``(gamma_d + 4u) (|x| |W|^T) + (gamma_d + 7u) |x|^2/2 + u|t|`` (the product, ``sqrt(s)`` and its
+    rounding on ``x``, ``x * x`` and its sum, the subtraction), the shift by ``u|t - c|``, ``exp``,
+    ``1/sqrt(D)`` and storage by ``4u``: a relative feature error ``eps_t``. Then the normalised
+    assembly (``eps = 0``) as :func:`_kernelized_bound` with ``K = m + D + 4``.
+    """
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"W": w})
+    d, m = q.shape[-1], k.shape[-2]
+    n_freq = w.shape[-2]
+    s = resolve_scale(scale, d)
+    root = math.sqrt(s)
+    mT = xp.matrix_transpose
+
+    def parts(x: Any, kept: Any) -> tuple[Any, Any, Any, Any, Any]:
+        sq = xp.sum(x * x, axis=-1, keepdims=True) * 0.5
+        t = x @ mT(w) - sq
+        axes = (-1,) if kept is None else (-2, -1)
+        tt = t if kept is None else xp.where(kept, t, -math.inf)
+        has = xp.any(xp.isfinite(tt), axis=axes, keepdims=True)
+        c = xp.where(has, xp.max(tt, axis=axes, keepdims=True), 0.0)
+        f = xp.exp(t - c) / math.sqrt(n_freq)
+        if kept is not None:
+            f = xp.where(kept, f, 0.0)
+        return f, xp.abs(x) @ mT(xp.abs(w)), sq, xp.abs(t), xp.abs(t - c)
+
+    kcol = xp.broadcast_to(xp.matrix_transpose(_key_keep(xp, keep)), (*K.shape[:-1], 1))
+    fq, xwq, sqq, atq, acq = parts(Q * root, None)
+    fk, xwk, sqk, atk, ack = parts(K * root, kcol)
+
+    def one(u: float, ua: float, tiny: float) -> dict[str, Any]:
+        g = _gamma(d, ua)
+        eq = ((g + 4 * u) * xwq + (g + 7 * u) * sqq + u * atq + u * acq + 4 * u) * fq
+        ek = ((g + 4 * u) * xwk + (g + 7 * u) * sqk + u * atk + u * ack + 4 * u) * fk
+        return {"out": _kernelized_bound(xp, fq, fk, eq, ek, V, keep, _gamma(m + n_freq + 4, ua), u, tiny,
+                                         0.0)}
+
+    return _both_formats(dtype, accum_dtype, ref_dtype, one)
+
+
+def kernel_error_bound(q: Any, k: Any, v: Any, w_f: Any, w_g: Any, /, *, dtype: str, dout: Any = None,
+                       mask: Any = None, causal: Any = False, scale: float | None = None,
+                       key_lengths: Any = None, accum_dtype: str | None = None, ref_dtype: str = "float64",
+                       **_ignored: Any) -> dict[str, Any]:
+    r"""Forward tolerance of :func:`refattn.kernel_attention` with one GLU output unit (``kernel="glu"``).
+
+    ``phi(x) = Softplus(a) sigmoid(b)``, ``a = x W_f``, ``b = x W_g``: ``a`` errs by
+    ``da = gamma_d (|x||W_f|) + u|a|`` (``b`` alike); ``Softplus`` has slope ``sigmoid(a) <= 1`` and is
+    evaluated (``max``, ``exp``, ``log1p``, ``+``) within ``5u Softplus(a)`` (``log1p(e) >= e/(1+e)``),
+    ``sigmoid`` has slope ``sigmoid(b)(1 - sigmoid(b))`` and is evaluated within ``4u sigmoid(b)``,
+    the product adds ``u``: ``|dphi| <= sigmoid(b)(sigmoid(a) da + 5u Softplus(a))
+    + phi ((1 - sigmoid(b)) db + 5u)``. Then the assembly (``eps = 0``) as :func:`_kernelized_bound`
+    with ``K = m + D + 4``.
+    """
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"w_f0": w_f, "w_g0": w_g})
+    d, m, n_feat = q.shape[-1], k.shape[-2], w_f.shape[-1]
+
+    from .methods.kernels import _sigmoid, _softplus
+
+    def parts(x: Any) -> tuple[Any, ...]:
+        a, b = x @ w_f, x @ w_g
+        sp, sa, sb = _softplus(xp, a)[0], _sigmoid(xp, a)[0], _sigmoid(xp, b)[0]
+        return sp * sb, sp, sa, sb, xp.abs(x) @ xp.abs(w_f) + 0.0, xp.abs(x) @ xp.abs(w_g), xp.abs(a), xp.abs(b)
+
+    pq, pk = parts(Q), parts(K)
+
+    def err(p: tuple[Any, ...], u: float, g: float) -> Any:
+        f, sp, sa, sb, xa, xb, aa, ab = p
+        da, db = g * xa + u * aa, g * xb + u * ab
+        return sb * (sa * da + 5 * u * sp) + f * ((1.0 - sb) * db + 5 * u)
+
+    def one(u: float, ua: float, tiny: float) -> dict[str, Any]:
+        g = _gamma(d, ua)
+        return {"out": _kernelized_bound(xp, pq[0], pk[0], err(pq, u, g), err(pk, u, g), V, keep,
+                                         _gamma(m + n_feat + 4, ua), u, tiny, 0.0)}
+
+    return _both_formats(dtype, accum_dtype, ref_dtype, one)
+
+
+def linformer_error_bound(q: Any, k: Any, v: Any, e: Any, f: Any, /, *, dtype: str, dout: Any = None,
+                          mask: Any = None, causal: Any = False, scale: float | None = None,
+                          key_lengths: Any = None, accum_dtype: str | None = None,
+                          ref_dtype: str = "float64", **_ignored: Any) -> dict[str, Any]:
+    r"""Forward tolerance of :func:`refattn.linformer_attention`: softmax attention's model
+    (:func:`softmax_error_bound`) on ``(q, E K, F V)`` (padded keys zeroed first), plus the errors of
+    the projections: ``|d(EK)| <= gamma_m |E||K|`` adds ``gamma_m |s| |Q| (|E||K|)^T`` to every
+    logit's error, and ``|d(FV)| <= gamma_m |F||V|`` adds ``gamma_m P (|F||V|)`` to the output's."""
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"E": e, "F": f})
+    n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
+    s = resolve_scale(scale, d)
+    kcol = xp.matrix_transpose(_key_keep(xp, keep))
+    K, V = xp.where(kcol, K, 0.0), xp.where(kcol, V, 0.0)
+    kp, vp = e @ K, f @ V
+    keep_p = xp.ones((*batch, n, kp.shape[-2]), dtype=xp.bool, device=device(q))
+    c = _softmax_exact(xp, Q, kp, vp, keep_p, None, s)
+    eabs = xp.abs(e) @ xp.abs(K)
+    c["eta_extra"] = [(m, abs(s) * (xp.abs(Q) @ xp.matrix_transpose(eabs)))]
+    c["out_extra"] = [(m, c["P"] @ (xp.abs(f) @ xp.abs(V)))]
+    accum = _check_formats(dtype, accum_dtype, ref_dtype)
+    impl = _model_terms(xp, c, UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF[accum], TINY[dtype], False)
+    ref = _model_terms(xp, c, UNIT_ROUNDOFF[ref_dtype], UNIT_ROUNDOFF[ref_dtype], TINY[ref_dtype], False)
+    return {"out": SAFETY * (impl["out"] + ref["out"])}
+
+
+def verma_error_bound(q: Any, k: Any, v: Any, e: Any, f: Any, /, *, dtype: str, dout: Any = None,
+                      mask: Any = None, causal: Any = False, scale: float | None = None, key_lengths: Any = None,
+                      accum_dtype: str | None = None, ref_dtype: str = "float64",
+                      **_ignored: Any) -> dict[str, Any]:
+    r"""Forward tolerance of :func:`refattn.verma_attention`: ``out = H L X`` with ``H`` the softmax of
+    ``s q`` over features, ``L`` the row softmax of ``s (E K)^T`` over the ``k`` projected positions and
+    ``X = F V`` (padded keys zeroed first). Weight errors as in :func:`_softmax_rel` (``H``: arguments
+    err by ``u|x - max| + u|x| + 3u``; ``L``: by ``gamma_m |s| (|E||K|)^T + 2u|y| + u|y - max| + 3u``),
+    ``|dX| <= gamma_m |F||V|``; the product of two non-negative matrices and ``X`` (either association)
+    errs by ``((H (eps_H + gamma_{d+k+2})) L + H (L eps_L)) |X| + H L |dX| + u|out|``."""
+    xp, batch, keep, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths, {"E": e, "F": f})
+    d, m = q.shape[-1], k.shape[-2]
+    s = resolve_scale(scale, d)
+    mT = xp.matrix_transpose
+    kcol = mT(_key_keep(xp, keep))
+    K, V = xp.where(kcol, K, 0.0), xp.where(kcol, V, 0.0)
+    x = Q * s
+    y = mT(e @ K) * s  # (..., d, k)
+    kk = y.shape[-1]
+    H, ah = _softmax_rows(xp, x, xp.ones(x.shape, dtype=xp.bool, device=device(x)))
+    L, al = _softmax_rows(xp, y, xp.ones(y.shape, dtype=xp.bool, device=device(y)))
+    X = f @ V
+    yerr = abs(s) * mT(xp.abs(e) @ xp.abs(K))
+    xerr = xp.abs(f) @ xp.abs(V)
+    HL = H @ L
+    out = HL @ X
+
+    def one(u: float, ua: float, tiny: float) -> dict[str, Any]:
+        eps_h = _softmax_rel(xp, H, u * ah + u * xp.abs(x) + 3 * u, d, u, ua)
+        eps_l = _softmax_rel(xp, L, _gamma(m, ua) * yerr + 2 * u * xp.abs(y) + u * al + 3 * u, kk, u, ua)
+        g = _gamma(d + kk + 2, ua)
+        e_out = (((H * (eps_h + g)) @ L + H @ (L * eps_l)) @ xp.abs(X) + HL @ (_gamma(m, ua) * xerr)
+                 + u * xp.abs(out) + tiny * (1.0 + HL @ xp.abs(X)))
+        return {"out": e_out}
+
+    return _both_formats(dtype, accum_dtype, ref_dtype, one)
+
+
+def heat_hadamard_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
+                              causal: Any = False, scale: float | None = None, key_lengths: Any = None,
+                              accum_dtype: str | None = None, ref_dtype: str = "float64",
+                              **_ignored: Any) -> dict[str, Any]:
+    r"""Tolerances (output and gradients) of :func:`refattn.heat_attention` with
+    ``reading="hadamard"``: channel ``c`` is softmax attention of ``q[..., c]``, ``k[..., c]``,
+    ``v[..., c]`` (head dimension 1, the full-width scale ``s``), so the bound is
+    :func:`softmax_error_bound` per channel."""
+    xp, _ = validate_qkv(q, k, v, extra={"mask": mask, "dout": dout, "key_lengths": key_lengths})
+    s = resolve_scale(scale, q.shape[-1])
+    parts = [softmax_error_bound(q[..., c:c + 1], k[..., c:c + 1], v[..., c:c + 1], dtype=dtype,
+                                 dout=None if dout is None else dout[..., c:c + 1], mask=mask, causal=causal,
+                                 scale=s, key_lengths=key_lengths, accum_dtype=accum_dtype, ref_dtype=ref_dtype)
+             for c in range(q.shape[-1])]
+    return {key: xp.concat([p[key] for p in parts], axis=-1) for key in parts[0]}
+
+
+#: landmarks of the registered Nystromformer oracle
+NYSTROM_LANDMARKS = 2
+
+
+def nystrom_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
+                        causal: Any = False, scale: float | None = None, key_lengths: Any = None,
+                        accum_dtype: str | None = None, ref_dtype: str = "float64",
+                        **_ignored: Any) -> dict[str, Any]:
+    r"""Forward tolerance of :func:`refattn.nystrom_attention` with ``num_landmarks=2``,
+    ``pinv="exact"``, no mask: ``out = F (Z (B V))``, ``Z = A^+``.
+
+    Landmarks (segment means) err by ``(gamma_n + u)`` times the segment means of ``|q|``, ``|k|``; each
+    logit ``s x . y`` by ``|s| ((gamma_d + 2u)|x|.|y| + dx.|y| + |x|.dy) + u|S|``; each softmax weight
+    relatively by :func:`_softmax_rel`. The pseudoinverse of the ``2 x 2`` (in general ``r x r``)
+    ``A``: first order ``dZ = -Z dA Z``, plus the SVD's backward error ``||dA||_2 <= gamma_{10 r}
+    ||A||_F`` (an assumed constant for LAPACK's "modest" ``p(r)``: stated, not proven) and the product
+    ``V diag(1/sigma) U^T`` (``gamma_{r+2}``): ``|dZ| <= |Z| (|dA| + beta 1 1^T) |Z| + gamma_{r+2}
+    |V| diag(1/sigma) |U|^T``. Valid while ``A`` is well conditioned (no singular value cut by
+    ``pinv``'s ``rtol``; ``|Z|`` carries ``cond(A)``). Products: ``d(BV) <= |dB||V| + gamma_m |B||V|``,
+    ``dY <= |dZ||BV| + |Z| d(BV) + gamma_r |Z||BV|``, ``dout <= |dF||Y| + F dY + gamma_r F|Y| + u|out|``.
+    """
+    from .methods.nystrom import segment_means
+
+    xp, _, _, Q, K, V = _prologue(q, k, v, mask, causal, key_lengths)
+    n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
+    r = NYSTROM_LANDMARKS
+    s = resolve_scale(scale, d)
+    mT = xp.matrix_transpose
+    qt, kt = segment_means(Q, r), segment_means(K, r)
+    aqt, akt = segment_means(xp.abs(Q), r), segment_means(xp.abs(K), r)
+
+    def soft(x: Any, y: Any) -> tuple[Any, Any, Any]:
+        S = (x @ mT(y)) * s
+        P, a = _softmax_rows(xp, S, xp.ones(S.shape, dtype=xp.bool, device=device(S)))
+        return P, a, S
+
+    F_, aF, SF = soft(Q, kt)
+    A, aA, SA = soft(qt, kt)
+    B, aB, SB = soft(qt, K)
+    Z = xp.linalg.pinv(A)
+    uu, sig, vh = xp.linalg.svd(A, full_matrices=False)
+    zprod = xp.abs(mT(vh)) @ (xp.abs(mT(uu)) / sig[..., :, None])
+    normA = xp.sqrt(xp.sum(A * A, axis=(-2, -1), keepdims=True))
+    absZ, absV = xp.abs(Z), xp.abs(V)
+    BV = B @ V
+    Y = Z @ BV
+    out = F_ @ Y
+
+    def one(u: float, ua: float, tiny: float) -> dict[str, Any]:
+        gl = _gamma(max(n, m), ua) + u
+        dqt, dkt = gl * aqt, gl * akt
+        g2 = _gamma(d, ua) + 2 * u
+
+        def rel(x: Any, dx: Any, y: Any, dy: Any, S: Any, a: Any, P: Any, L: int) -> Any:
+            ax, ay = xp.abs(x), xp.abs(y)
+            eta = abs(s) * (g2 * (ax @ mT(ay)) + dx @ mT(ay) + ax @ mT(dy)) + u * xp.abs(S) + u * a + 3 * u
+            return _softmax_rel(xp, P, eta, L, u, ua) * P
+
+        dF = rel(Q, 0.0 * Q, kt, dkt, SF, aF, F_, r)
+        dA = rel(qt, dqt, kt, dkt, SA, aA, A, r)
+        dB = rel(qt, dqt, K, 0.0 * K, SB, aB, B, m)
+        beta = _gamma(10 * r, ua) * normA
+        dZ = absZ @ (dA + beta) @ absZ + _gamma(r + 2, ua) * zprod
+        dBV = dB @ absV + _gamma(m, ua) * (B @ absV)
+        dY = dZ @ xp.abs(BV) + absZ @ dBV + _gamma(r, ua) * (absZ @ xp.abs(BV))
+        e_out = dF @ xp.abs(Y) + F_ @ dY + _gamma(r, ua) * (F_ @ xp.abs(Y)) + u * xp.abs(out) + tiny
+        return {"out": e_out}
+
+    return _both_formats(dtype, accum_dtype, ref_dtype, one)
+
+
 def _softmax_params(shape: Shape, rng: Any) -> dict[str, Any]:
     return {}
 
 
+def _square_if_causal(shape: Shape, kind: str) -> Shape:
+    """Prefix-sum methods that pair query ``i`` with keys ``j <= i`` need ``m = n`` when causal."""
+    return shape._replace(m=shape.n) if kind in ("causal", "bottom_right") else shape
+
+
+def _heat_shape(shape: Shape, kind: str) -> Shape:
+    return shape._replace(dv=shape.d)
+
+
+def _nystrom_shape(shape: Shape, kind: str) -> Shape:
+    r = NYSTROM_LANDMARKS
+    return shape._replace(n=max(shape.n, r), m=max(shape.m, r))
+
+
+def _rf_params(shape: Shape, rng: Any) -> dict[str, Any]:
+    from .random import gaussian_projection
+
+    return {"W": gaussian_projection(2 * shape.d + 2, shape.d, rng=rng)}
+
+
+def _kernel_params(shape: Shape, rng: Any) -> dict[str, Any]:
+    from .methods.kernels import init_params
+
+    w_f, w_g = init_params("glu", shape.d, rng=rng)
+    return {"w_f0": w_f, "w_g0": w_g}
+
+
+def _linformer_params(shape: Shape, rng: Any) -> dict[str, Any]:
+    from .random import linformer_projection
+
+    kk = max(1, (shape.m + 1) // 2)
+    return {"E": linformer_projection(kk, shape.m, rng=rng), "F": linformer_projection(kk, shape.m, rng=rng)}
+
+
 def _builtin_methods() -> None:
+    from .methods import heat, kernels, linear, linformer, nystrom, random_features
     from .methods.softmax import softmax_attention
 
+    qkv = frozenset({"mask", "causal", "scale", "key_lengths"})
     register_method(MethodSpec(
         name="softmax", fn=softmax_attention, param_names=(), make_params=_softmax_params,
-        masks=MASK_KINDS, kwargs=frozenset({"mask", "causal", "scale", "key_lengths"}),
-        error_bound=softmax_error_bound,
+        masks=MASK_KINDS, kwargs=qkv, error_bound=softmax_error_bound,
     ))
-    # Later methods: one register_method(MethodSpec(...)) each, e.g.
-    # linear: fn=linear_attention, masks=("none", "causal", "key_lengths"), error_bound=None.
+    # The others: forward error models derived in each bound's docstring (gradients need rtol/atol,
+    # except heat's per-channel softmax). Masks: what each method honours (key padding for the
+    # kernelized and projected forms; causal prefix sums where the method has them).
+    register_method(MethodSpec(
+        name="linear", fn=linear.linear_attention, masks=("none", "causal", "bottom_right", "key_lengths"),
+        kwargs=qkv, error_bound=linear_error_bound, grad_bounds=False))
+    register_method(MethodSpec(
+        name="efficient", fn=linear.efficient_attention, masks=("none", "key_lengths"), kwargs=qkv,
+        error_bound=efficient_error_bound, grad_bounds=False))
+    register_method(MethodSpec(
+        name="random_feature", fn=random_features.random_feature_attention, param_names=("W",),
+        make_params=_rf_params, masks=("none", "causal", "key_lengths"), kwargs=qkv,
+        error_bound=random_feature_error_bound, grad_bounds=False, adapt_shape=_square_if_causal))
+    register_method(MethodSpec(
+        name="kernel", fn=kernels.kernel_attention, param_names=("w_f0", "w_g0"), make_params=_kernel_params,
+        masks=("none", "causal", "key_lengths"), kwargs=frozenset({"mask", "causal", "key_lengths"}),
+        options={"kernel": "glu"}, error_bound=kernel_error_bound, grad_bounds=False,
+        adapt_shape=_square_if_causal))
+    register_method(MethodSpec(
+        name="linformer", fn=linformer.linformer_attention, param_names=("E", "F"),
+        make_params=_linformer_params, masks=("none", "key_lengths"), kwargs=qkv,
+        error_bound=linformer_error_bound, grad_bounds=False))
+    register_method(MethodSpec(
+        name="verma", fn=linformer.verma_attention, param_names=("E", "F"), make_params=_linformer_params,
+        masks=("none", "key_lengths"), kwargs=qkv, error_bound=verma_error_bound, grad_bounds=False))
+    register_method(MethodSpec(
+        name="heat", fn=heat.heat_attention, masks=MASK_KINDS, kwargs=qkv, options={"reading": "hadamard"},
+        error_bound=heat_hadamard_error_bound, adapt_shape=_heat_shape))
+    register_method(MethodSpec(
+        name="nystrom", fn=nystrom.nystrom_attention, masks=("none",), kwargs=frozenset({"scale"}),
+        options={"num_landmarks": NYSTROM_LANDMARKS, "pinv": "exact"}, error_bound=nystrom_error_bound,
+        grad_bounds=False, adapt_shape=_nystrom_shape))
 
 
 _builtin_methods()

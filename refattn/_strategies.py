@@ -80,6 +80,8 @@ def cases(draw: Any, method: str = "softmax", *, shapes: Any = None, masks: Sequ
         raise ValueError(msg)
     shape = draw(_shape_strategy(shapes))
     kind = draw(st.sampled_from(kinds))
+    if spec.adapt_shape is not None:
+        shape = spec.adapt_shape(shape, kind)
     if kind == "bottom_right" and shape.n > shape.m:  # else the first n - m queries see no key
         shape = shape._replace(n=shape.m)
     return Case(method=spec.name, shape=shape, mask=kind, scale=draw(st.sampled_from(tuple(scales))),

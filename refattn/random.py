@@ -68,10 +68,15 @@ def orthogonal(shape: tuple[int, int], *, rng: Any, backend: Any = None, dtype: 
     result is uniformly distributed (Mezzadri 2007): plain ``Q`` from LAPACK is not.
     """
     rows, cols = _check_shape(shape, ndim=2)
-    g = default_rng(rng).standard_normal((max(rows, cols), min(rows, cols)))
-    q, r = np.linalg.qr(g)
-    q = q * np.sign(np.diag(r))[None, :]
+    q = _haar_qr(default_rng(rng).standard_normal((max(rows, cols), min(rows, cols))))
     return to_backend(q if rows >= cols else q.T, backend, dtype)
+
+
+def _haar_qr(g: np.ndarray) -> np.ndarray:
+    """The Haar sign fix, once for every sampler: ``Q`` of ``Q R = g`` (a stack of tall Gaussian
+    matrices, one LAPACK call) with its columns multiplied by ``sign(diag R)`` (Mezzadri 2007)."""
+    q, r = np.linalg.qr(g)
+    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
 
 
 def like(host: np.ndarray, ref: Any) -> Any:
@@ -179,6 +184,4 @@ def _haar_blocks(gen: np.random.Generator, count: int, d: int) -> np.ndarray:
     """``count`` independent Haar ``d x d`` orthogonal matrices: :func:`orthogonal`'s construction
     (QR of a Gaussian matrix, columns times ``sign(diag R)``), batched in one LAPACK call. It consumes
     ``gen`` exactly as ``count`` successive ``orthogonal((d, d), rng=gen)`` calls do (tested)."""
-    g = gen.standard_normal((count, d, d))
-    q, r = np.linalg.qr(g)
-    return q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+    return _haar_qr(gen.standard_normal((count, d, d)))

@@ -472,8 +472,9 @@ def attention_error_bound(q: Any, k: Any, v: Any, /, *params: Any, dtype: Any = 
     ``exp`` with errors of many ulps, overflow in ``T`` (e.g. float16 logits beyond 65504).
     """
     spec = get_method(method)
-    if spec.error_bound is None:
-        msg = f"method {spec.name!r} has no error model yet: give rtol and atol"
+    missing = spec.missing_model(grads=False)
+    if missing:
+        msg = f"{missing}: give rtol and atol"
         raise ValueError(msg)
     hq, q_dt = to_host64(q, "q")
     hk, _ = to_host64(k, "k")
@@ -607,6 +608,10 @@ def assert_attention_close(actual: Any, desired: Any, *, dtype: Any = None, rtol
     elif inputs is not None:
         spec = get_method(method)
         args, kw, dout = _parse_inputs(inputs, spec)
+        missing = spec.missing_model(grads=which != "out")
+        if missing:
+            msg = f"{missing}: compare {which} with explicit rtol and atol"
+            raise ValueError(msg)
         if which != "out" and dout is None:
             msg = f"which={which!r} needs the output cotangent: pass inputs as a dict with 'dout'"
             raise ValueError(msg)
@@ -815,8 +820,9 @@ def check_attention(fn: Callable[..., Any], method: str = "softmax", *, backend:
         msg = f"masks must be a non-empty subset of {spec.masks} for method {spec.name!r}, got {list(masks)}"
         raise ValueError(msg)
     explicit = rtol is not None or atol is not None
-    if not explicit and spec.error_bound is None:
-        msg = f"method {spec.name!r} has no error model yet: give rtol and atol"
+    missing = None if explicit else spec.missing_model(grads=grads)
+    if missing:
+        msg = f"{missing}: give rtol and atol{' (or grads=False)' if spec.error_bound else ''}"
         raise ValueError(msg)
     if grads and vjp is None and not _is_registered(fn) and be.name != "torch":
         msg = ("grads=True needs a way to differentiate fn: pass vjp=(q, k, v, ...) -> (out, pullback), "

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import refattn
 from refattn import hadamard
+from refattn.cost import measure
 from refattn.hadamard import fwht, fwht_cost, hadamard_matrix, wht_cost, wht_projection
 from refattn.testing import gradcheck
 
@@ -367,9 +368,6 @@ def test_closed_form_cost():
                                               (256, False, True), (768, True, True), (4096, False, False)])
 def test_counted_flops_equal_closed_form(c, pad, normalized):
     """Counted additions of fwht == c log2 c per vector (+ c multiplications when normalised)."""
-    measure = getattr(refattn.cost, "measure", None)
-    if measure is None:
-        pytest.skip("refattn.cost.measure not landed")
     x = np.random.default_rng(9).standard_normal((3, c))
     counted = measure(fwht, x, pad=pad, normalized=normalized)
     expected = fwht_cost(c, batch=3, pad=pad, normalized=normalized)

@@ -26,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refattn
+from refattn.cost import measure
 from refattn.methods import linear
 from refattn.methods._kernelized import kernelized_backward, kernelized_forward
 from refattn.methods._prefix import causal_dot, causal_dot_backward
@@ -528,9 +529,6 @@ COST_CASES = [
 
 @pytest.mark.parametrize(("which", "kw"), COST_CASES)
 def test_closed_form_cost_equals_counted(which, kw):
-    measure = getattr(refattn.cost, "measure", None)
-    if measure is None:
-        pytest.skip("refattn.cost.measure not landed")
     rs = np.random.default_rng(23)
     q, k, v = np.abs(rs.standard_normal((2, 3, 7, 4))), rs.standard_normal((2, 3, 9, 4)), rs.standard_normal(
         (2, 3, 9, 5))
@@ -550,3 +548,33 @@ def test_closed_form_cost_is_linear_in_n():
     for fn, kw in ((linear.cost, {}), (linear.cost, {"causal": True}), (linear.efficient_cost, {})):
         c1, c2 = fn(4096, 4096, 64, 64, **kw).flops, fn(8192, 8192, 64, 64, **kw).flops
         assert abs(c2 / c1 - 2) < 1e-3
+
+
+def test_kernelized_positive_rule_empty_invalid_rows_and_report_hook():
+    """The core's "positive" normaliser rule (used by random features): rows that see no kept key by
+    construction (all keys padded; bottom-right causal rows before the first key) are zeros without
+    a report; a row whose normaliser underflowed to 0 is invalid: zeros, zero gradient, reported
+    through the hook (or a ValueError), while the "nonzero" rule treats it as an empty row."""
+    rs = np.random.default_rng(77)
+    a = np.abs(rs.standard_normal((2, 5, 3)))
+    b = np.abs(rs.standard_normal((2, 4, 3)))
+    c = rs.standard_normal((2, 4, 2))
+    keep = np.array([[True] * 4, [False] * 4])
+    out, res = kernelized_forward(a, b, c, key_keep=keep, eps=0.0, normalizer="positive")
+    assert np.all(out[1] == 0) and not np.any(res.valid[1]) and np.all(res.valid[0])
+    out, res = kernelized_forward(a, b, c, causal="bottom_right", eps=0.0, normalizer="positive")
+    assert np.all(out[:, 0] == 0) and np.all(res.valid[:, 1:]) and not np.any(res.valid[:, 0])
+    a2 = a.copy()
+    a2[0, 2] = 0.0  # phi(q) underflowed: normaliser exactly 0 although keys are kept
+    seen = []
+    out, res = kernelized_forward(a2, b, c, eps=0.0, normalizer="positive",
+                                  on_nonpositive=lambda xp, bad, r: seen.append(np.argwhere(bad).tolist()))
+    assert seen == [[[0, 2]]] and np.all(out[0, 2] == 0)
+    dq, dk, dv = kernelized_backward(res, np.ones_like(out))
+    assert np.all(dq[0, 2] == 0) and np.all(np.isfinite(dk)) and np.all(np.isfinite(dv))
+    with pytest.raises(ValueError, match="not positive and finite"):
+        kernelized_forward(a2, b, c, eps=0.0, normalizer="positive")
+    out_nz, _ = kernelized_forward(a2, b, c, eps=0.0)  # "nonzero": 0 / 0 is an empty row, silently
+    np.testing.assert_array_equal(out_nz, out)
+    with pytest.raises(ValueError, match="normalizer must be one of"):
+        kernelized_forward(a, b, c, normalizer="sign")

@@ -147,14 +147,10 @@ def test_gradcheck_softmax_inside(backend, projection, cross):
 
 
 def _linear_method():
-    try:
-        from refattn.methods import linear
-    except ImportError:
-        pytest.skip("refattn.methods.linear has not landed (written in parallel): linear-method case skipped")
-    fn = getattr(linear, "linear_attention", None)
-    if fn is None or fn not in refattn.registered():
-        pytest.skip("refattn.methods.linear has no registered linear_attention: linear-method case skipped")
-    return fn
+    from refattn.methods import linear
+
+    assert linear.linear_attention in refattn.registered()
+    return linear.linear_attention
 
 
 class _RefattnInTorch(torch.autograd.Function):

@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import refattn
+from refattn.cost import measure
 from refattn.methods import nystrom as N
 from refattn.testing import assert_allclose, gradcheck
 
@@ -711,9 +712,6 @@ def test_counted_cost_equals_closed_form(kw, m, ksize):
     """Counted (refattn.cost.measure) == closed form, flops and transcendentals exactly (the exact
     mode's xp.linalg.pinv by refattn.cost's linalg convention, exact_pinv_flops); the modelled peak
     bytes are an upper bound of the counted peak."""
-    measure = getattr(refattn.cost, "measure", None)
-    if measure is None:
-        pytest.skip("refattn.cost.measure not landed")
     q, k, v = host_qkv(26, batch=(2, 3), n=10, m=10, d=4, dv=3)
     args = [q, k, v] + ([np.ones((ksize, 1))] if ksize else [])
     counted = measure(refattn.nystrom_attention, *args, num_landmarks=m, **kw)
@@ -738,9 +736,6 @@ def test_cost_is_linear_in_n_at_fixed_m():
 def test_counted_peak_bytes_are_linear_in_n():
     """Counted peak of the forward pass at m = 16, d = dv = 8, n = 256 -> 1024: a ratio below 4.6
     (linear growth gives ~4, an n^2 term ~16), and the model bounds the count."""
-    measure = getattr(refattn.cost, "measure", None)
-    if measure is None:
-        pytest.skip("refattn.cost.measure not landed")
     peaks = []
     for n in (256, 1024):
         q, k, v = host_qkv(28, batch=(), n=n, m=n, d=8, dv=8)

@@ -230,7 +230,7 @@ def test_assert_attention_close_nans_shapes_dtypes():
         rt.assert_attention_close(out, ref, inputs=(q, k))
     with pytest.raises(ValueError, match="inputs is missing"):
         rt.assert_attention_close(out, ref, inputs={"q": q, "k": k})
-    with pytest.raises(ValueError, match="unknown method 'nope'; known methods: softmax"):
+    with pytest.raises(ValueError, match="unknown method 'nope'; known methods: efficient, heat, kernel, linear, linformer, nystrom, random_feature, softmax, verma"):
         rt.assert_attention_close(out, ref, inputs=(q, k, v), method="nope")
 
 
@@ -377,8 +377,8 @@ def test_check_attention_findings():
 
 def test_check_attention_bad_arguments():
     f = refattn.softmax_attention
-    with pytest.raises(ValueError, match="unknown method 'linear'"):
-        rt.check_attention(f, "linear")
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        rt.check_attention(f, "nope")
     with pytest.raises(ValueError, match="masks must be a non-empty subset"):
         rt.check_attention(f, masks=["sliding_window"])
     with pytest.raises(ValueError, match="backend 'numpy' cannot make bfloat16 arrays"):
@@ -544,8 +544,8 @@ def test_cli_bad_input_exits_2(dumped, capsys):
     rc, text = check(outputs=str(d / "nan.npz"))
     assert rc == 2 and "out has 2 NaN of 192 entries (first at (0, 1, 2, 0), (0, 1, 2, 1))" in text
     assert "1 inf" in text and "2 of 48 rows (query positions) affected" in text
-    rc, text = check(method="linformer")
-    assert rc == 2 and "unknown method 'linformer'; known methods: softmax" in text
+    rc, text = check(method="nope")
+    assert rc == 2 and "unknown method 'nope'; known methods: efficient, heat, kernel, linear, linformer, nystrom, random_feature, softmax, verma" in text
     np.savez(d / "noout.npz", output=out)
     rc, text = check(outputs=str(d / "noout.npz"))
     assert rc == 2 and "missing key(s) out; it has output" in text
@@ -633,3 +633,122 @@ def test_error_model_and_naive_run_under_array_api_strict():
     f32 = [xs.astype(a, xs.float32) for a in strict]
     out, pb = rt.naive_attention_vjp(*f32[:3], causal=True)
     assert out.dtype == xs.float32 and [tuple(g.shape) for g in pb(f32[3])] == [(2, 5, 4), (2, 6, 4), (2, 6, 3)]
+
+
+# ------------------------------------------------------------------------------------------------
+# every registered method: passes on its own float32 output, fails on planted bugs
+# ------------------------------------------------------------------------------------------------
+
+OTHER_METHODS = ["linear", "efficient", "random_feature", "kernel", "linformer", "verma", "heat", "nystrom"]
+BUG_SCALE = 1.0 + 2.0**-7  # a wrong scale constant: every logit/feature argument off by 0.8%
+
+
+def _method_fn(name, bug=None):
+    """The registered method with its oracle options, computing in the inputs' dtype; ``bug``
+    plants "wrong_scale" (queries times BUG_SCALE) or "dropped_key" (the last value row zeroed)."""
+    spec = rt.METHODS[name]
+
+    def prepare(q, k, v):
+        if bug == "wrong_scale":
+            q = q * BUG_SCALE
+        elif bug == "dropped_key":
+            v = v.copy()
+            v[..., -1, :] = 0
+        return q, k, v
+
+    def fn(q, k, v, *params, **kw):
+        return spec.fn(*prepare(q, k, v), *params, **spec.options, **kw)
+
+    def vjp(q, k, v, *params, **kw):
+        return refattn.vjp(spec.fn, *prepare(q, k, v), *params, **spec.options, **kw)
+
+    return fn, (vjp if spec.grad_bounds else None)
+
+
+def test_every_method_is_registered():
+    from refattn.methods import heat, kernels, linear, linformer, nystrom, random_features
+
+    fns = {"softmax": refattn.softmax_attention, "linear": linear.linear_attention,
+           "efficient": linear.efficient_attention, "random_feature": random_features.random_feature_attention,
+           "kernel": kernels.kernel_attention, "linformer": linformer.linformer_attention,
+           "verma": linformer.verma_attention, "heat": heat.heat_attention, "nystrom": nystrom.nystrom_attention}
+    assert set(rt.METHODS) == set(fns)
+    for name, fn in fns.items():
+        spec = rt.METHODS[name]
+        assert spec.fn is fn and spec.error_bound is not None and "none" in spec.masks, name
+    assert rt.METHODS["linformer"].grad_names == ("dq", "dk", "dv", "dE", "dF")
+    assert rt.METHODS["kernel"].grad_names == ("dq", "dk", "dv", "dw_f0", "dw_g0")
+
+
+@pytest.mark.parametrize("name", OTHER_METHODS)
+def test_registered_method_passes_on_its_own_float32_output(name):
+    """Each method computed in float32 (and, with a gradient model, its gradients) is within its
+    derived forward rounding bound of its own float64 result, on every mask kind it honours and
+    logits up to std 16. (The bounds are worst-case: the measured err/tol stays below ~0.1.)"""
+    spec = rt.METHODS[name]
+    fn, vjp = _method_fn(name)
+    report = rt.check_attention(fn, method=name, dtype="float32", grads=spec.grad_bounds, vjp=vjp,
+                                masks=list(spec.masks), max_examples=12, shrink=False, seed=4,
+                                logit_scales=(1.0, 0.25, 4.0, 16.0))
+    assert report.n_cases == 12 and report.ok, str(report)
+    assert all(r.error == "" and len(r.comparisons) == (4 if spec.grad_bounds else 1) for r in report.results)
+    worst = max(c.max_ratio for r in report.results for c in r.comparisons)
+    assert 0 < worst < 1
+
+
+@pytest.mark.parametrize("bug", ["wrong_scale", "dropped_key"])
+@pytest.mark.parametrize("name", OTHER_METHODS)
+def test_registered_method_catches_planted_bug(name, bug):
+    """A 2^-7 relative scale error on the queries, or a dropped last key, fails every case in
+    float32 (u = 6e-8: the bugs move the output by ~1e-3 relative or more, the tolerances are
+    ~1e-6 relative for most methods). The regime where both bugs are observable: no mask, logits
+    of std 4 (with std << 1 the scale error is hidden in the rounding; with std >> 4 the softmaxes
+    saturate and a scale error changes nothing), at least 3 keys and 2 features (with one key, one
+    projected position, or one feature under a feature softmax the output does not depend on the
+    queries' scale). Nystrom's bound carries cond(A) of the landmark matrix and is the loosest
+    (measured err/tol of a correct float32 run <= 0.01), which is why the bug is 2^-7, not 2^-10."""
+    fn, _ = _method_fn(name, bug)
+    report = rt.check_attention(fn, method=name, dtype="float32", grads=False, masks=["none"], max_examples=8,
+                                shrink=False, seed=5, logit_scales=(4.0,),
+                                shapes=rt.strategies.shapes(min_m=3, min_d=2))
+    assert report.n_failed == report.n_cases == 8, str(report)
+    assert all(r.error == "" for r in report.results)
+
+
+def test_forward_only_models_refuse_gradient_checks(tmp_path, capsys):
+    q, k, v, dout = _case()
+    with pytest.raises(ValueError, match="forward error model only"):
+        rt.check_attention(refattn.linear_attention, method="linear")
+    out = refattn.linear_attention(q, k, v)
+    ref = refattn.linear_attention(*(x.astype(np.float64) for x in (q, k, v)))
+    assert rt.assert_attention_close(out, ref, inputs=(q, k, v), method="linear").ok
+    with pytest.raises(ValueError, match="forward error model only"):
+        rt.assert_attention_close(out, ref, inputs={"q": q, "k": k, "v": v, "dout": dout}, which="dq",
+                                  method="linear")
+    # explicit tolerances still work for the gradients
+    report = rt.check_attention(refattn.linear_attention, method="linear", max_examples=3, rtol=1e-3, atol=1e-5)
+    assert report.ok, str(report)
+
+
+def test_cli_checks_a_method_with_parameters(tmp_path, capsys):
+    """refattn check for linformer (parameters E, F in the npz): passes on linformer's own float32
+    output, fails on the wrong-scale bug, refuses --grads without explicit tolerances."""
+    inp = tmp_path / "in.npz"
+    rc, text = _cli(capsys, "example-inputs", "linformer", "--out", str(inp), "--shape", "2,6,8,4,3",
+                    "--mask", "key_lengths")
+    assert rc == 0 and "E (4, 8) float32" in text, text
+    f = dict(np.load(inp))
+    args = [f[key] for key in ("q", "k", "v", "E", "F")]
+    out = refattn.linformer_attention(*args, key_lengths=f["key_lengths"])
+    np.savez(tmp_path / "out.npz", out=out)
+    rc, text = _cli(capsys, "check", "linformer", "--inputs", str(inp), "--outputs", str(tmp_path / "out.npz"))
+    assert rc == 0 and "verdict: PASS" in text, text
+    bad = refattn.linformer_attention(args[0] * np.float32(BUG_SCALE), *args[1:], key_lengths=f["key_lengths"])
+    np.savez(tmp_path / "bad.npz", out=bad)
+    rc, text = _cli(capsys, "check", "linformer", "--inputs", str(inp), "--outputs", str(tmp_path / "bad.npz"))
+    assert rc == 1 and "verdict: FAIL" in text, text
+    _, pb = refattn.vjp(refattn.linformer_attention, *args, key_lengths=f["key_lengths"])
+    np.savez(tmp_path / "grads.npz", **dict(zip(rt.METHODS["linformer"].grad_names, pb(f["dout"]))))
+    rc, text = _cli(capsys, "check", "linformer", "--inputs", str(inp), "--outputs", str(tmp_path / "out.npz"),
+                    "--grads", str(tmp_path / "grads.npz"))
+    assert rc == 2 and "forward error model only" in text, text

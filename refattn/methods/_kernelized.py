@@ -1,7 +1,9 @@
 r"""The normalised kernelized-attention core shared by every feature-map method.
 
 Given features already computed (``phi_q = phi(Q)``, ``phi_k = phi(K)``: linear attention's
-elementwise maps, random features, trainable kernels), this module evaluates
+elementwise maps (:mod:`.linear`), random features (:mod:`.random_features`, whose exponent
+stabiliser is applied to the features before they get here), trainable kernels (:mod:`.kernels`)),
+this module evaluates
 
 .. math::
 
@@ -41,6 +43,17 @@ a user map): the ratio is then not a weighted average and may be arbitrarily lar
 decides: ``"raise"`` (default: ``ValueError`` naming how many rows), ``"warn"`` (``RuntimeWarning``,
 the ratio is returned as computed, singular rows as zeros) or ``"ignore"``.
 
+That is the ``normalizer="nonzero"`` rule (linear attention, trainable kernels). The
+``normalizer="positive"`` rule (random features, whose sin/cos estimates can be negative and whose
+exponentials can under/overflow) uses a row only when ``r_i > 0``, ``r_i`` finite and its numerator
+finite; a row that sees no kept key *by construction* (every key padded away, ``m = 0``, or, causal,
+every kept key after ``i + offset``) is an empty row (zeros, zero gradient), and every other row is
+*invalid*: it returns zeros with zero gradient as well, and ``on_nonpositive`` decides whether that is
+an error (``"raise"``), a ``RuntimeWarning`` (``"warn"``) or silent (``"ignore"``). Under either
+rule ``on_nonpositive`` may also be a callable ``report(xp, bad, r)`` (``bad (..., n)`` the singular
+or invalid rows, ``r`` the normalisers), called when there is at least one such row: it raises the
+caller's own error, or returns to go on as with ``"ignore"``.
+
 Backward (``G = [dout / r, -delta / r]``, ``delta_i = out_i . dout_i``; rows with ``r_i == 0`` get
 ``G_i = 0``): with ``A = phi_q (phi_k^T C)`` the augmented product,
 non-causal ``dphi_q = G (phi_k^T C)^T``, ``d(phi_k^T C) = phi_q^T G``, ``dphi_k = C d(.)^T``,
@@ -48,9 +61,10 @@ non-causal ``dphi_q = G (phi_k^T C)^T``, ``d(phi_k^T C) = phi_q^T G``, ``dphi_k 
 sums). ``dv = dC[..., :dv]``; rows of dropped keys get ``dphi_k = 0``.
 
 Forward cost (one broadcast batch element; conventions of :mod:`refattn.cost`), with ``e = dv + 1``:
-non-causal ``2 m D e + 2 n D e`` (matmuls) ``+ n`` (eps) ``+ n dv`` (division) flops; causal: the
-cost of ``causal_dot`` on the aligned length (:func:`causal_dot_flops`) ``+ n + n dv``. No
-transcendentals.
+non-causal ``2 m D e + 2 n D e`` (matmuls) ``+ n`` (eps, added even when it is 0) ``+ n dv``
+(division) flops; causal: the cost of ``causal_dot`` on the aligned length (:func:`causal_dot_flops`)
+``+ n + n dv``. No transcendentals (the row checks, including the integer search for the first kept
+key of the ``"positive"`` rule, are comparisons: 0 flops).
 """
 
 from __future__ import annotations
@@ -64,9 +78,10 @@ from .._xp import device, namespace, unbroadcast
 from ._prefix import DEFAULT_CHUNK, causal_dot, causal_dot_backward
 
 __all__ = ["kernelized_forward", "kernelized_backward", "KernelizedResiduals", "kernelized_flops",
-           "causal_dot_flops", "NONPOSITIVE_CHOICES", "DEFAULT_CHUNK"]
+           "causal_dot_flops", "NONPOSITIVE_CHOICES", "NORMALIZER_RULES", "DEFAULT_CHUNK"]
 
 NONPOSITIVE_CHOICES = ("raise", "warn", "ignore")
+NORMALIZER_RULES = ("nonzero", "positive")
 
 
 class KernelizedResiduals(NamedTuple):
@@ -78,6 +93,7 @@ class KernelizedResiduals(NamedTuple):
     state: Any  # phi_k^T C (non-causal) or None
     out: Any  # (..., n, dv)
     r: Any  # (..., n) normaliser + eps
+    valid: Any  # (..., n) bool: rows whose ratio is returned (the others are zeros, zero gradient)
     key_keep: Any
     offset: int | None  # causal offset, None when non-causal
     pad_q: int  # rows prepended to phi_q (causal alignment)
@@ -113,9 +129,24 @@ def _alignment(offset: int, n: int, m: int) -> tuple[int, int, int]:
     return pad_q, pad_k, n + pad_q
 
 
+def _empty_rows(xp: Any, keep: Any, n: int, m: int, offset: int | None, dev: Any) -> Any:
+    """Rows that see no kept key by construction, ``(..., n)`` bool (broadcasting against the
+    normalisers); ``None`` when there are none. Causal: row ``i`` sees keys ``j <= i + offset``, so it
+    is empty iff the first kept key comes after ``i + offset``."""
+    if m == 0:
+        return xp.ones((n,), dtype=xp.bool, device=dev)
+    rows = xp.arange(n, device=dev)
+    if keep is None:
+        return None if offset is None or offset >= 0 else rows + offset < 0
+    if offset is None:
+        return ~xp.any(keep, axis=-1, keepdims=True)
+    first = xp.min(xp.where(keep, xp.arange(m, device=dev), m), axis=-1, keepdims=True)  # (..., 1)
+    return first > rows + offset
+
+
 def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False,
                        chunk: int = DEFAULT_CHUNK, key_keep: Any = None, eps: float = 1e-6,
-                       on_nonpositive: str = "raise",
+                       on_nonpositive: Any = "raise", normalizer: str = "nonzero",
                        method: str = "kernelized attention") -> tuple[Any, KernelizedResiduals]:
     """Normalised kernelized attention from features; returns ``(out, KernelizedResiduals)``.
 
@@ -130,8 +161,11 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False
         Key-padding mask, ``True`` = keep.
     eps : float
         Added to the normaliser (see the module docstring).
-    on_nonpositive : {"raise", "warn", "ignore"}
-        What to do with normalisers ``<= 0`` that are not empty rows.
+    on_nonpositive : {"raise", "warn", "ignore"} or callable
+        What to do with normalisers ``<= 0`` that are not empty rows (``"positive"`` rule: with
+        invalid rows); a callable ``report(xp, bad, r)`` raises the caller's own error.
+    normalizer : {"nonzero", "positive"}
+        Which rows are used (see the module docstring).
     method : str
         The caller's name, used in error messages.
     """
@@ -156,20 +190,36 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False
         num = causal_dot(phi_q, phi_k, c, chunk=chunk)[..., pad_q:, :]
     r = num[..., dv] + eps
     numer = num[..., :dv]
-    singular = (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
-    if on_nonpositive != "ignore" and bool(xp.any(singular)):
-        count = int(xp.sum(xp.astype(singular, xp.int64)))
-        msg = (f"{method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps <= 0 "
-               f"(out of {math.prod(r.shape)}); the feature map is not "
-               "non-negative (e.g. 'identity'), so the output is not a weighted average of the values. "
-               "Use a non-negative feature map, a larger eps, or on_nonpositive='warn'/'ignore'")
-        if on_nonpositive == "raise":
-            raise ValueError(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    nz = r != 0
-    safe = xp.where(nz, r, 1.0)
-    out = xp.where(nz[..., None], numer / safe[..., None], 0.0)
-    res = KernelizedResiduals(phi_q, phi_k, c, state, out, r, key_keep, offset, pad_q, pad_k, chunk, shapes)
+    if normalizer == "nonzero":
+        valid = r != 0
+        bad = (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
+        what = "<= 0"
+        why = ("the feature map is not non-negative (e.g. 'identity'), so the output is not a weighted "
+               "average of the values. Use a non-negative feature map, a larger eps, or "
+               "on_nonpositive='warn'/'ignore'")
+    elif normalizer == "positive":
+        valid = (r > 0) & xp.isfinite(r) & xp.all(xp.isfinite(numer), axis=-1)
+        empty = _empty_rows(xp, key_keep, n, m, offset, device(v))
+        bad = ~valid if empty is None else ~(valid | empty)
+        what = "that is not positive and finite"
+        why = "these rows are returned as zeros"
+    else:
+        msg = f"normalizer must be one of {NORMALIZER_RULES}, got {normalizer!r}"
+        raise ValueError(msg)
+    if on_nonpositive != "ignore" and bool(xp.any(bad)):
+        if callable(on_nonpositive):
+            on_nonpositive(xp, bad, r)
+        else:
+            count = int(xp.sum(xp.astype(bad, xp.int64)))
+            msg = (f"{method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps {what} "
+                   f"(out of {math.prod(r.shape)}); {why}")
+            if on_nonpositive == "raise":
+                raise ValueError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    safe = xp.where(valid, r, 1.0)
+    out = xp.where(valid[..., None], numer / safe[..., None], 0.0)
+    res = KernelizedResiduals(phi_q, phi_k, c, state, out, r, valid, key_keep, offset, pad_q, pad_k, chunk,
+                              shapes)
     return out, res
 
 
@@ -178,8 +228,7 @@ def kernelized_backward(res: KernelizedResiduals, dout: Any, /) -> tuple[Any, An
     xp = namespace(res.out, dout)
     nq, mk, vv = res.shapes
     m, dv = mk[-2], vv[-1]
-    nz = res.r != 0
-    inv = xp.where(nz, 1.0 / xp.where(nz, res.r, 1.0), 0.0)[..., None]
+    inv = xp.where(res.valid, 1.0 / xp.where(res.valid, res.r, 1.0), 0.0)[..., None]
     delta = xp.sum(res.out * dout, axis=-1, keepdims=True)
     g = xp.concat([dout * inv, -delta * inv], axis=-1)  # cotangent of [numerator, normaliser]
     if res.offset is None:

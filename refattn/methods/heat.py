@@ -116,7 +116,7 @@ from .._xp import (
     validate_qkv,
 )
 from .._xp import check_finite as _check_finite_array
-from ..cost import Cost
+from ..cost import Cost, linalg_flops
 from . import softmax as _softmax
 
 __all__ = ["heat_attention", "forward", "backward", "cost", "Residuals", "Grads", "READINGS", "BASES",
@@ -294,7 +294,8 @@ def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, on_degenera
 
 def truncate_cost(p: int, c: int, *, rank: int, batch: tuple[int, ...] = ()) -> Cost:
     """Closed-form cost of :func:`truncate`: ``U_r * sigma`` (``p r``) and the product (``2 p r c``);
-    the SVD itself is modelled under ``per_op["linalg.svd"]`` (see :func:`_svd_flops`)."""
+    the thin SVD is counted by the :func:`refattn.cost.linalg_flops` convention and also reported under
+    ``per_op["linalg.svd"]`` (see :func:`_svd_flops`)."""
     nb = math.prod(batch)
     k = min(p, c)
     gap = 2 if rank < k else 0
@@ -303,19 +304,18 @@ def truncate_cost(p: int, c: int, *, rank: int, batch: tuple[int, ...] = ()) -> 
     return Cost(flops=arith + svd, per_op={"linalg.svd": Cost(flops=svd)})
 
 
-def _qr_flops(p: int, c: int) -> int:
-    """Householder QR of a ``(p, c)`` matrix with the reduced ``Q`` formed explicitly (Golub & Van
-    Loan, 4th ed., sec. 5.2.1): ``2 c^2 (p - c/3)`` for ``R`` plus as much again for ``Q``, with
-    ``c -> min(p, c)`` when ``p < c``. A leading-order *model*, not a count."""
-    k = min(p, c)
-    return int(round(4 * k * k * (max(p, c) - k / 3)))
+def _qr_flops(p: int, c: int) -> tuple[int, int]:
+    """``(flops, transcendentals)`` of ``linalg.qr`` (reduced) of a ``(p, c)`` matrix: the counting
+    convention :func:`refattn.cost.linalg_flops` (Householder ``R`` and the thin ``Q`` formed
+    explicitly, Golub & Van Loan, 4th ed., sec. 5.2.1; ``min(p, c)`` square roots)."""
+    return linalg_flops("qr", p, c, mode="reduced")
 
 
 def _svd_flops(p: int, c: int) -> int:
-    """Golub-Reinsch thin SVD with ``U1, Sigma, V`` (Golub & Van Loan, 4th ed., fig. 8.6.1):
-    ``14 P C^2 + 8 C^3`` with ``P = max(p, c)``, ``C = min(p, c)``. A leading-order *model*."""
-    big, small = max(p, c), min(p, c)
-    return 14 * big * small * small + 8 * small**3
+    """Flops of the thin ``linalg.svd`` (``U1, Sigma, V``) of a ``(p, c)`` matrix: the counting
+    convention :func:`refattn.cost.linalg_flops` (R-SVD, ``6 P C^2 + 20 C^3`` with ``P = max(p, c)``,
+    ``C = min(p, c)``, Golub & Van Loan, 4th ed., fig. 8.6.1; no transcendentals)."""
+    return linalg_flops("svd", p, c, full_matrices=False)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,11 +658,12 @@ def cost(n: int, m: int, d: int, dv: int, *, rank: int | None = None, reading: s
     - softmax (dense) on ``f`` features: ``2 n f m + 3 n m + 2 n (m - 1) + 2 n m dv + n dv + n``
       ``[+ n m]`` flops, ``n m + n`` transcendentals.
 
-    QR and SVD are not elementwise or matmul operations of the array API counting conventions; they
-    are *modelled* (Golub & Van Loan leading-order counts, :func:`_qr_flops`, :func:`_svd_flops`),
-    included in ``flops`` and reported separately under ``per_op["linalg.qr"]`` and
-    ``per_op["linalg.svd"]`` so that a counter can compare the rest exactly. Bytes and peak memory
-    are not modelled (0).
+    QR and SVD are counted with the conventional dense totals of :func:`refattn.cost.linalg_flops`
+    (the counting namespace's convention, so counted and closed form agree exactly): per batch
+    element ``"logits"`` adds two reduced QRs (of ``(n, d)`` and ``(m, d)``: flops and ``kq + kk``
+    square roots, i.e. transcendentals) and one thin SVD of the ``kq x kk`` core; ``"features"`` one
+    thin SVD of ``(p, d)``. Their flops are included in ``flops`` and also reported under
+    ``per_op["linalg.qr"]`` and ``per_op["linalg.svd"]``. Bytes and peak memory are not modelled (0).
     """
     _validate_options(reading, basis, rank)
     nb = math.prod(batch)
@@ -675,9 +676,11 @@ def cost(n: int, m: int, d: int, dv: int, *, rank: int | None = None, reading: s
     elif reading == "logits":
         kq, kk, kc = min(n, d), min(m, d), min(n, m, d)
         r = _check_rank(rank, kc, "the logits")
-        qr = _qr_flops(n, d) + _qr_flops(m, d)
+        (qr_q, sq_q), (qr_k, sq_k) = _qr_flops(n, d), _qr_flops(m, d)
+        qr = qr_q + qr_k
         svd = _svd_flops(kq, kk)
         sf, tr = _softmax_dense_flops(n, m, 2 * r, dv, additive_mask)
+        tr += sq_q + sq_k
         f = 2 * kq * d * kk + kq * kk + 2 * n * kq * kc + 2 * m * kk * kc + (2 if r < kc else 0) + n * r + sf
     else:
         p = m if basis == "k" else n + m
@@ -687,7 +690,7 @@ def cost(n: int, m: int, d: int, dv: int, *, rank: int | None = None, reading: s
         f = p * r + 2 * p * r * d + (2 if r < min(p, d) else 0) + sf
     per_op = {}
     if qr:
-        per_op["linalg.qr"] = Cost(flops=nb * qr)
+        per_op["linalg.qr"] = Cost(flops=nb * qr, transcendentals=nb * (sq_q + sq_k))
     if svd:
         per_op["linalg.svd"] = Cost(flops=nb * svd)
     return Cost(flops=nb * (f + qr + svd), transcendentals=nb * tr, per_op=per_op)

@@ -38,6 +38,9 @@ product of four such factors below about ``-177`` each; a key-padding mask can a
 key. A query row whose normaliser is exactly 0 returns **zeros, with zero gradient** (DESIGN.md),
 never NaN. There is no ``eps`` in the denominator (the paper's formula has none).
 
+The normalised assembly (numerator, normaliser, key padding, causal prefix sums, zero rows) is the
+shared kernelized core :func:`refattn.methods._kernelized.kernelized_forward` (``eps = 0``).
+
 Backward (``den_i = phi(q_i) . z``, ``z = sum_j phi(k_j)``, ``S = sum_j phi(k_j) v_j^T``, ``delta_i =
 O_i . dO_i``): with the augmented values ``[V, 1]`` the numerator and normaliser are one product
 ``N = phi(Q) (phi(K)^T [V, 1])``; the cotangent of ``N`` is ``[dO / den, -delta / den]`` and the
@@ -82,7 +85,8 @@ from .._xp import (
 )
 from .._xp import check_finite as _check_finite_array
 from ..cost import Cost
-from ._prefix import DEFAULT_CHUNK, causal_dot, causal_dot_backward
+from ._kernelized import KernelizedResiduals, kernelized_backward, kernelized_flops, kernelized_forward
+from ._prefix import DEFAULT_CHUNK
 
 __all__ = ["kernel_attention", "forward", "backward", "cost", "Residuals", "grads_type", "KINDS", "feature_map",
            "PARAM_NAMES", "parameter_count", "init_params", "orthogonality_penalty",
@@ -234,38 +238,6 @@ def _phi_backward(xp: Any, caches: list[_UnitCache], units: list[tuple[str, tupl
 
 
 # ----------------------------------------------------------------------------------------------
-# Normalised kernelized attention around the feature maps (non-causal product or causal_dot)
-# ----------------------------------------------------------------------------------------------
-
-def _assemble_forward(xp: Any, fq: Any, fk: Any, v: Any, causal: bool, chunk: int) -> tuple[Any, Any, Any, Any]:
-    dv = v.shape[-1]
-    vaug = xp.concat([v, xp.ones((*v.shape[:-1], 1), dtype=v.dtype, device=device(v))], axis=-1)
-    nd = causal_dot(fq, fk, vaug, chunk=chunk) if causal else fq @ (_mT(xp, fk) @ vaug)
-    num, den = nd[..., :dv], nd[..., dv:]
-    pos = den > 0
-    den1 = xp.where(pos, den, 1.0)
-    out = xp.where(pos, num / den1, 0.0)
-    return out, vaug, pos, den1
-
-
-def _assemble_backward(xp: Any, fq: Any, fk: Any, vaug: Any, out: Any, pos: Any, den1: Any, dout: Any,
-                       causal: bool, chunk: int) -> tuple[Any, Any, Any]:
-    """Cotangents of ``phi(Q)``, ``phi(K)`` and ``V`` (rows with a zero normaliser: zero)."""
-    dnum = xp.where(pos, dout / den1, 0.0)
-    dden = xp.where(pos, -xp.sum(dout * out, axis=-1, keepdims=True) / den1, 0.0)
-    g = xp.concat([dnum, dden], axis=-1)
-    if causal:
-        dfq, dfk, dvaug = causal_dot_backward(fq, fk, vaug, g, chunk=chunk)
-    else:
-        s = _mT(xp, fk) @ vaug
-        ds = _mT(xp, fq) @ g
-        dfq = g @ _mT(xp, s)
-        dfk = vaug @ _mT(xp, ds)
-        dvaug = fk @ ds
-    return dfq, dfk, dvaug[..., :-1]
-
-
-# ----------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------
 
@@ -328,17 +300,25 @@ class Residuals(NamedTuple):
     units: Any  # [(kind, weights)] in working precision
     cq: Any  # unit caches of the query path
     ck: Any  # ... of the key path
-    fq: Any
-    fk: Any  # masked phi(K)
-    keep: Any  # key keep vector (..., m) or None
-    vaug: Any
-    out: Any
-    pos: Any
-    den1: Any
-    causal: bool
-    chunk: int
+    core: KernelizedResiduals  # the normalised assembly (refattn.methods._kernelized)
     dtype: Any
     shapes: tuple[tuple[int, ...], ...]  # q, k, v, then every weight
+
+    @property
+    def out(self) -> Any:
+        """The output in working precision."""
+        return self.core.out
+
+    @property
+    def pos(self) -> Any:
+        """``(..., n, 1)`` bool: rows with a non-zero (for these features: positive) normaliser."""
+        return self.core.valid[..., None]
+
+    @property
+    def den1(self) -> Any:
+        """``(..., n, 1)``: the normaliser ``phi(q_i) . sum_j phi(k_j)``, 1 where it is 0."""
+        xp = namespace(self.core.r)
+        return xp.where(self.core.valid, self.core.r, 1.0)[..., None]
 
 
 def forward(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: Any = None,
@@ -373,23 +353,21 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: 
         units = [(u, tuple(xp.astype(w, work) for w in ws)) for u, ws in units]
     fq, cq = _phi_forward(xp, q, units)
     fk, ck = _phi_forward(xp, k, units)
-    if keep is not None:
-        fk = xp.where(keep[..., None], fk, 0.0)
-    out, vaug, pos, den1 = _assemble_forward(xp, fq, fk, v, is_causal, chunk)
-    res = Residuals(units_names, units, cq, ck, fq, fk, keep, vaug, out, pos, den1, is_causal, chunk,
-                    dtype, shapes)
+    # positive features: the normaliser is >= 0, exactly 0 only for empty rows or underflow, and such
+    # rows are zeros with zero gradient ("nonzero" rule, eps = 0, nothing to report)
+    out, core = kernelized_forward(fq, fk, v, causal=is_causal, chunk=chunk, key_keep=keep, eps=0.0,
+                                   on_nonpositive="ignore", method="kernel_attention")
+    res = Residuals(units_names, units, cq, ck, core, dtype, shapes)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 
 def backward(res: Residuals, dout: Any, /) -> Any:
     """Hand-written backward of :func:`forward`: ``Grads(dq, dk, dv, d<weights>...)`` (see
     :func:`grads_type`), each in its argument's shape and dtype."""
-    xp = namespace(res.fq, res.fk)
-    dout = xp.astype(dout, res.fq.dtype) if dout.dtype != res.fq.dtype else dout
-    dfq, dfk, dv = _assemble_backward(xp, res.fq, res.fk, res.vaug, res.out, res.pos, res.den1, dout,
-                                      res.causal, res.chunk)
-    if res.keep is not None:
-        dfk = xp.where(res.keep[..., None], dfk, 0.0)
+    xp = namespace(res.core.out)
+    work = res.core.out.dtype
+    dout = xp.astype(dout, work) if dout.dtype != work else dout
+    dfq, dfk, dv = kernelized_backward(res.core, dout)
     dq, dwq = _phi_backward(xp, res.cq, res.units, dfq)
     dk, dwk = _phi_backward(xp, res.ck, res.units, dfk)
     wshapes = res.shapes[3:]
@@ -585,14 +563,6 @@ def _phi_cost(units: list[tuple[str, int, int, int]], rows: int) -> tuple[int, i
     return flops, trans
 
 
-def _causal_dot_flops(n: int, dd: int, e: int, chunk: int) -> int:
-    f = 0
-    for i0 in range(0, n, chunk):
-        c = min(chunk, n - i0)
-        f += 2 * c * dd * c + 2 * c * c * e + 2 * c * dd * e + c * e + 2 * dd * c * e + dd * e
-    return f
-
-
 def cost(n: int, m: int, d: int, dv: int, *, kernel: Any = "glu", rank: int | None = None,
          d_out: int | None = None, causal: bool = False, chunk: int = DEFAULT_CHUNK,
          batch: tuple[int, ...] = ()) -> Cost:
@@ -602,22 +572,20 @@ def cost(n: int, m: int, d: int, dv: int, *, kernel: Any = "glu", rank: int | No
     ``m`` key rows (per unit with ``N`` rows: FFN ``2 N d_in d_out + 3 N d_out`` flops and ``2 N d_out``
     transcendentals; output GLU/OGLU ``4 N d_in d_out + 9 N d_out`` and ``3 N d_out``; hidden
     ``4 N d_in d_out + 6 N d_out`` and ``N d_out``; AOGLU replaces one ``2 N d_in d_out`` by
-    ``2 N r (d_in + d_out)``), then non-causal ``2 D m e + 2 n D e + n dv`` or, causal (``n == m``),
-    :func:`causal_dot` over chunks of length ``c``: ``sum_c (2 c^2 D + 2 c^2 e + 4 c D e + c e + D e)``
-    plus ``n dv`` for the division. Linear in ``n`` and ``m`` at fixed ``d`` (chunk fixed). Bytes and
+    ``2 N r (d_in + d_out)``), then the shared core
+    (:func:`refattn.methods._kernelized.kernelized_flops`): non-causal ``2 D m e + 2 n D e`` or, causal
+    (``n == m``), :func:`causal_dot` over chunks of length ``c``:
+    ``sum_c (2 c^2 D + 2 c^2 e + 4 c D e + c e + D e)``; plus ``n`` (the core's ``+ eps`` with
+    ``eps = 0``) and ``n dv`` for the division. Linear in ``n`` and ``m`` at fixed ``d`` (chunk fixed). Bytes and
     peak memory are not modelled (0).
     """
     units = _dims(_parse_kernel(kernel), d, d_out, rank)
     dd = units[-1][2]
     fq, tq = _phi_cost(units, n)
     fk, tk = _phi_cost(units, m)
-    e = dv + 1
-    if causal:
-        if n != m:
-            msg = f"causal needs n == m, got n = {n}, m = {m}"
-            raise ValueError(msg)
-        att = _causal_dot_flops(n, dd, e, chunk)
-    else:
-        att = 2 * dd * m * e + 2 * n * dd * e
+    if causal and n != m:
+        msg = f"causal needs n == m, got n = {n}, m = {m}"
+        raise ValueError(msg)
+    att = kernelized_flops(n, m, dd, dv, causal=bool(causal), chunk=chunk)
     nb = math.prod(batch)
-    return Cost(flops=nb * (fq + fk + att + n * dv), transcendentals=nb * (tq + tk))
+    return Cost(flops=nb * (fq + fk + att), transcendentals=nb * (tq + tk))

@@ -40,8 +40,10 @@ Attention
                  = \frac{\phi(\hat q_i)^\top \sum_j \phi'(\hat k_j)\, v_j^\top}
                         {\phi(\hat q_i)^\top \sum_j \phi'(\hat k_j)},\qquad \phi'(k) = r\,\phi(k)
 
-(sums over ``j <= i`` when causal; computed as one :func:`refattn.methods._prefix.causal_dot` of
-``phi(Q)``, ``phi'(K)`` and ``[V, 1]``, so numerator and denominator share one prefix-sum pass).
+(sums over ``j <= i`` when causal). The features are computed here; the normalised assembly is the
+shared kernelized core :func:`refattn.methods._kernelized.kernelized_forward` (``eps = 0``, its
+``"positive"`` normaliser rule): numerator and denominator are one product with ``[V, 1]``
+(causal: one :func:`refattn.methods._prefix.causal_dot` pass).
 The key weight ``r_j`` picks the kernel the estimate targets (``kernel=``):
 
 ============  ======================================  =========================================
@@ -82,7 +84,8 @@ gradient). Rows that see no key at all (every key masked) return zeros with zero
 
 Backward
 --------
-With ``Y = [num, den]`` the assembly output and ``G = [g / den, -delta / den]``,
+The core's backward (:func:`refattn.methods._kernelized.kernelized_backward`): with
+``Y = [num, den]`` the assembly output and ``G = [g / den, -delta / den]``,
 ``delta_i = out_i . g_i`` (``g`` the output cotangent): non-causal ``T = phi'(K)^T [V, 1]``,
 ``dphi(Q) = G T^T``, ``dT = phi(Q)^T G``, ``dphi'(K) = [V, 1] dT^T``, ``d[V, 1] = phi'(K) dT``;
 causal: :func:`refattn.methods._prefix.causal_dot_backward`. Through the features (``t`` an
@@ -135,7 +138,8 @@ from .._xp import (
 )
 from .._xp import check_finite as _check_finite_array
 from ..cost import Cost
-from ._prefix import DEFAULT_CHUNK, causal_dot, causal_dot_backward
+from ._kernelized import KernelizedResiduals, kernelized_backward, kernelized_flops, kernelized_forward
+from ._prefix import DEFAULT_CHUNK
 
 __all__ = [
     "random_feature_attention", "forward", "backward", "cost", "Residuals", "Grads",
@@ -228,6 +232,15 @@ def _exponent(xp: Any, kind: str, x: Any, w: Any, times: float = 1.0) -> tuple[A
     return u, base - sq
 
 
+def _phi(xp: Any, kind: str, u: Any, t: Any, n_freq: int) -> Any:
+    """The map from its projections: ``D^-1/2 [sin u, cos u]`` (trig) or ``F^-1/2 exp(t)`` (``F = D``
+    positive, ``2D`` hyperbolic; ``t`` the, possibly shifted, exponent)."""
+    if kind == "trig":
+        a = 1.0 / math.sqrt(n_freq)
+        return xp.concat([xp.sin(u) * a, xp.cos(u) * a], axis=-1)
+    return xp.exp(t) * (1.0 / math.sqrt(n_freq if kind == "positive" else 2 * n_freq))
+
+
 def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
                      check: bool) -> tuple[Any, FeatureResiduals]:
     xp = namespace(x, w)
@@ -251,11 +264,7 @@ def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
     u, t = _exponent(xp, kind, x, w)
     share = None
     axes: tuple[int, ...] = ()
-    if kind == "trig":
-        a = 1.0 / math.sqrt(n_freq)
-        phi = xp.concat([xp.sin(u) * a, xp.cos(u) * a], axis=-1)
-    else:
-        a = 1.0 / math.sqrt(n_freq if kind == "positive" else 2 * n_freq)
+    if kind != "trig":
         if stabilize is None:
             _check_exponent(xp, t, f"{kind} features")
         elif math.prod(t.shape):
@@ -264,7 +273,7 @@ def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
             hit = xp.astype(t == top, t.dtype)
             share = hit / xp.sum(hit, axis=axes, keepdims=True)
             t = t - top
-        phi = xp.exp(t) * a
+    phi = _phi(xp, kind, u, t, n_freq)
     res = FeatureResiduals(kind, x, w, phi, share, axes, dtype, shapes)
     return (xp.astype(phi, dtype) if work != dtype else phi), res
 
@@ -273,18 +282,9 @@ def features_backward(res: FeatureResiduals, dout: Any, /) -> FeatureGrads:
     """Hand-written backward of the three feature maps: ``FeatureGrads(dx, dW)``."""
     xp = namespace(res.x, dout)
     g = xp.astype(dout, res.phi.dtype) if dout.dtype != res.phi.dtype else dout
-    x, w, phi = res.x, res.w, res.phi
-    n_freq = w.shape[-2]
-    if res.kind == "trig":
-        s, c = phi[..., :n_freq], phi[..., n_freq:]
-        du = g[..., :n_freq] * c - g[..., n_freq:] * s
-        dx = du @ w
-    else:
-        dt = g * phi
-        if res.share is not None:
-            dt = dt - res.share * xp.sum(dt, axis=res.axes, keepdims=True)
-        du = dt if res.kind == "positive" else dt[..., :n_freq] - dt[..., n_freq:]
-        dx = du @ w - x * xp.sum(dt, axis=-1, keepdims=True)
+    x = res.x
+    dx, du = _features_grad(xp, res.kind, x, res.w, res.phi, g, 0.0 if res.kind == "trig" else -1.0,
+                            res.share, res.axes)
     dw = xp.matrix_transpose(du) @ x
     grads = (unbroadcast(xp, dx, res.shapes[0]), unbroadcast(xp, dw, res.shapes[1]))
     return FeatureGrads(*(xp.astype(a, res.dtype) if a.dtype != res.dtype else a for a in grads))
@@ -377,6 +377,7 @@ hyperbolic_features.__doc__ = (
 class Residuals(NamedTuple):
     """What the backward pass needs (working precision)."""
 
+    core: KernelizedResiduals  # the normalised assembly (refattn.methods._kernelized)
     q: Any
     k: Any
     w: Any
@@ -387,21 +388,28 @@ class Residuals(NamedTuple):
     xq: Any  # sqrt(s) * q_unit
     xk: Any
     phi_q: Any  # (..., n, F), stabilised
-    phi_k: Any  # (..., m, F), key weights and key padding applied
-    c: Any  # [V, 1] (..., m, dv + 1)
-    t: Any  # non-causal: phi_k^T [V, 1]; causal: None
-    den: Any  # (..., n, 1), 1 where the row is invalid/empty
-    out: Any
-    ok: Any  # (..., n, 1) bool: rows with a valid normaliser, or None (all valid)
-    keep: Any  # (..., m) bool key-padding keep vector or None
+    phi_k: Any  # (..., m, F), key weights applied (key padding: in the core)
     features: str
     kernel: str
     normalize: bool
     root_s: float
-    causal: bool
-    chunk: int
     dtype: Any
     shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def t(self) -> Any:
+        """Non-causal state ``phi'(K)^T [V, 1]`` (``(..., F, dv + 1)``); ``None`` when causal."""
+        return self.core.state
+
+    @property
+    def out(self) -> Any:
+        """The output in working precision."""
+        return self.core.out
+
+    @property
+    def ok(self) -> Any:
+        """``(..., n, 1)`` bool: rows whose ratio is returned (not zeroed as invalid or empty)."""
+        return self.core.valid[..., None]
 
 
 class Grads(NamedTuple):
@@ -427,14 +435,18 @@ def _unit(xp: Any, x: Any, name: str) -> tuple[Any, Any]:
     return x / norm, norm
 
 
-def _validate_options(features: str, kernel: str, invalid_normalizer: str, scale: Any,
-                      sigma: Any, d: int) -> float:
+def _check_kind(features: str, kernel: str) -> None:
     if features not in FEATURES:
         msg = f"features must be one of {FEATURES}, got {features!r}"
         raise ValueError(msg)
     if kernel not in KERNELS:
         msg = f"kernel must be one of {KERNELS}, got {kernel!r}"
         raise ValueError(msg)
+
+
+def _validate_options(features: str, kernel: str, invalid_normalizer: str, scale: Any,
+                      sigma: Any, d: int) -> float:
+    _check_kind(features, kernel)
     if invalid_normalizer not in _INVALID:
         msg = f"invalid_normalizer must be one of {_INVALID}, got {invalid_normalizer!r}"
         raise ValueError(msg)
@@ -462,7 +474,7 @@ def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", ke
             check_finite: bool = True) -> tuple[Any, Residuals]:
     """Random-feature attention forward pass: ``(out, Residuals)``. See :func:`random_feature_attention`."""
     xp, batch = validate_qkv(q, k, v, extra={"W": w, "mask": mask, "key_lengths": key_lengths})
-    n, d, m, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
+    n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
     _check_w(xp, w, d=d, dtype=q.dtype, ref_name="q")
     batch = broadcast_shapes(batch, w.shape[:-2], names=("q/k/v", "W"))
     s = _validate_options(features, kernel, invalid_normalizer, scale, sigma, d)
@@ -483,7 +495,6 @@ def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", ke
                f"pairs query i with keys j <= i), got n = {n}, m = {m}")
         raise ValueError(msg)
     keep = key_padding_keep(xp, spec, device(q), method="random-feature attention")
-    dev = device(q)
     n_freq = w.shape[-2]
     root_s = math.sqrt(s)
 
@@ -496,56 +507,31 @@ def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", ke
 
     # query features: phi(xq), optionally divided by exp(row max of the exponents)
     uq, tq = _exponent(xp, features, xq, w)
-    if features == "trig":
-        a = 1.0 / math.sqrt(n_freq)
-        phi_q = xp.concat([xp.sin(uq) * a, xp.cos(uq) * a], axis=-1)
-    else:
-        a = 1.0 / math.sqrt(n_freq if features == "positive" else 2 * n_freq)
+    if features != "trig":
         if stabilize:
             tq = tq - xp.max(tq, axis=-1, keepdims=True)
         else:
             _check_exponent(xp, tq, "query features")
-        phi_q = xp.exp(tq) * a
+    phi_q = _phi(xp, features, uq, tq, n_freq)
 
     # key features times r_j = exp(sign |xk|^2 / 2), optionally divided by one exp(max) per batch element
     sign = _key_log_weight_sign(features, kernel)
     uk, tk = _exponent(xp, features, xk, w, times=1.0 - sign)
     keep_col = None if keep is None else keep[..., None]
-    if features == "trig":
-        phi_k = xp.concat([xp.sin(uk) * a, xp.cos(uk) * a], axis=-1)
-        if sign != 0.0:
-            lr = _sq_half(xp, xk)
-            lr = _shift(xp, lr, keep_col) if stabilize else _checked(xp, lr, "key weights exp(|k|^2/2)")
-            phi_k = phi_k * xp.exp(lr)
-    else:
+    if features != "trig":
         tk = _shift(xp, tk, keep_col) if stabilize else _checked(xp, tk, "key features")
-        phi_k = xp.exp(tk) * a
-    if keep_col is not None:
-        phi_k = xp.where(keep_col, phi_k, 0.0)
+    phi_k = _phi(xp, features, uk, tk, n_freq)
+    if features == "trig" and sign != 0.0:
+        lr = _sq_half(xp, xk)
+        lr = _shift(xp, lr, keep_col) if stabilize else _checked(xp, lr, "key weights exp(|k|^2/2)")
+        phi_k = phi_k * xp.exp(lr)
 
-    ones = xp.ones((*v.shape[:-1], 1), dtype=work, device=dev)
-    cv = xp.concat([v, ones], axis=-1)
-    t = None
-    if is_causal:
-        y = causal_dot(phi_q, phi_k, cv, chunk=chunk)
-    else:
-        t = xp.matrix_transpose(phi_k) @ cv
-        y = phi_q @ t
-    num, den = y[..., :dv], y[..., dv:]
-
-    ok = (den > 0.0) & xp.isfinite(den) & xp.all(xp.isfinite(num), axis=-1, keepdims=True)
-    empty = _empty_rows(xp, keep, n, m, is_causal, dev)
-    all_ok = bool(xp.all(ok | empty)) if empty is not None else bool(xp.all(ok))
-    if not all_ok and invalid_normalizer == "raise":
-        _raise_normalizer(xp, ok, empty, den, features, stabilize)
-    if all_ok and empty is None:
-        ok = None
-        out = num / den
-    else:
-        den = xp.where(ok, den, 1.0)
-        out = xp.where(ok, num / den, 0.0)
-    res = Residuals(q, k, w, qn, kn, qu, ku, xq, xk, phi_q, phi_k, cv, t, den, out, ok, keep, features,
-                    kernel, normalize, root_s, is_causal, chunk, dtype, shapes)
+    report = "ignore" if invalid_normalizer == "zero" else _normalizer_error(features, stabilize)
+    out, core = kernelized_forward(phi_q, phi_k, v, causal=is_causal, chunk=chunk, key_keep=keep, eps=0.0,
+                                   on_nonpositive=report, normalizer="positive",
+                                   method="random-feature attention")
+    res = Residuals(core, q, k, w, qn, kn, qu, ku, xq, xk, phi_q, phi_k, features, kernel, normalize, root_s,
+                    dtype, shapes)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 
@@ -566,44 +552,35 @@ def _checked(xp: Any, t: Any, what: str) -> Any:
     return t
 
 
-def _empty_rows(xp: Any, keep: Any, n: int, m: int, causal: bool, dev: Any) -> Any:
-    """Rows that see no kept key, ``(..., n, 1)`` bool; ``None`` when there are none by construction."""
-    if m == 0:
-        return xp.ones((n, 1), dtype=xp.bool, device=dev)
-    if keep is None:
-        return None
-    if causal:
-        # the first kept key of each batch element; row i is empty iff it comes after i
-        j = xp.arange(m, device=dev)
-        first = xp.min(xp.where(keep, j, m), axis=-1, keepdims=True)[..., None]  # (..., 1, 1)
-        return first > xp.arange(n, device=dev)[:, None]
-    return ~xp.any(keep, axis=-1, keepdims=True)[..., None]
+def _normalizer_error(features: str, stabilize: bool) -> Any:
+    """The ``on_nonpositive`` hook of the core: raise :class:`NonPositiveNormalizerError` saying why."""
+
+    def report(xp: Any, bad: Any, den: Any) -> None:
+        bad = xp.broadcast_to(bad, den.shape)
+        count = int(xp.sum(xp.astype(bad, xp.int64)))
+        total = math.prod(den.shape)
+        finite_bad = bad & xp.isfinite(den)
+        low = float(xp.min(xp.where(finite_bad, den, math.inf))) if bool(xp.any(finite_bad)) else math.nan
+        if features == "trig":
+            why = ("trigonometric features do not guarantee a positive normaliser (sin/cos estimates of "
+                   "exp(q.k) can be <= 0); use more features D, positive features, or "
+                   "invalid_normalizer='zero' to return zeros for these rows")
+        elif not stabilize:
+            why = "exp under/overflowed without the stabiliser; pass stabilize=True"
+        else:
+            why = ("positive features underflowed to a zero normaliser: the inputs' norms are too large "
+                   "for this dtype; rescale q and k")
+        msg = (f"{count} of {total} query rows have a normaliser phi(q_i) . sum_j phi(k_j) that is not "
+               f"positive and finite (smallest finite value {low:.3g}): {why}")
+        raise NonPositiveNormalizerError(msg)
+
+    return report
 
 
-def _raise_normalizer(xp: Any, ok: Any, empty: Any, den: Any, features: str, stabilize: bool) -> None:
-    bad = ~ok if empty is None else ~(ok | empty)
-    bad = xp.broadcast_to(bad, den.shape)
-    count = int(xp.sum(xp.astype(bad, xp.int64)))
-    total = math.prod(den.shape)
-    finite_bad = bad & xp.isfinite(den)
-    low = float(xp.min(xp.where(finite_bad, den, math.inf))) if bool(xp.any(finite_bad)) else math.nan
-    if features == "trig":
-        why = ("trigonometric features do not guarantee a positive normaliser (sin/cos estimates of "
-               "exp(q.k) can be <= 0); use more features D, positive features, or "
-               "invalid_normalizer='zero' to return zeros for these rows")
-    elif not stabilize:
-        why = "exp under/overflowed without the stabiliser; pass stabilize=True"
-    else:
-        why = ("positive features underflowed to a zero normaliser: the inputs' norms are too large "
-               "for this dtype; rescale q and k")
-    msg = (f"{count} of {total} query rows have a normaliser phi(q_i) . sum_j phi(k_j) that is not "
-           f"positive and finite (smallest finite value {low:.3g}): {why}")
-    raise NonPositiveNormalizerError(msg)
-
-
-def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any,
-                   norm_coeff: float) -> tuple[Any, Any]:
-    """``(dx, du)`` of ``phi = f(x W^T) * exp(norm_coeff * |x|^2 / 2)`` (offsets constant)."""
+def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any, norm_coeff: float,
+                   share: Any = None, axes: tuple[int, ...] = ()) -> tuple[Any, Any]:
+    """``(dx, du)`` of ``phi = f(x W^T) * exp(norm_coeff * |x|^2 / 2)``: offsets constant, or (``share``
+    given) the exact derivative of the max shift over ``axes`` (the stabilised feature maps)."""
     n_freq = w.shape[-2]
     if features == "trig":
         s, c = phi[..., :n_freq], phi[..., n_freq:]
@@ -613,6 +590,8 @@ def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any,
             dx = dx + x * (xp.sum(dphi * phi, axis=-1, keepdims=True) * norm_coeff)
         return dx, du
     dt = dphi * phi
+    if share is not None:
+        dt = dt - share * xp.sum(dt, axis=axes, keepdims=True)
     du = dt if features == "positive" else dt[..., :n_freq] - dt[..., n_freq:]
     dx = du @ w + x * (xp.sum(dt, axis=-1, keepdims=True) * norm_coeff)
     return dx, du
@@ -622,23 +601,7 @@ def backward(res: Residuals, dout: Any, /) -> Grads:
     """Hand-written backward of :func:`forward`: ``Grads(dq, dk, dv, dw)`` (see the module docstring)."""
     xp = namespace(res.q, dout)
     g = xp.astype(dout, res.out.dtype) if dout.dtype != res.out.dtype else dout
-    dv_dim = res.out.shape[-1]
-    if res.ok is not None:
-        g = xp.where(res.ok, g, 0.0)
-    delta = xp.sum(res.out * g, axis=-1, keepdims=True)
-    gy = xp.concat([g / res.den, -delta / res.den], axis=-1)
-    if res.causal:
-        dphi_q, dphi_k, dcv = causal_dot_backward(res.phi_q, res.phi_k, res.c, gy, chunk=res.chunk)
-    else:
-        dphi_q = gy @ xp.matrix_transpose(res.t)
-        dt = xp.matrix_transpose(res.phi_q) @ gy
-        dphi_k = res.c @ xp.matrix_transpose(dt)
-        dcv = res.phi_k @ dt
-    dphi_q = unbroadcast(xp, dphi_q, tuple(res.phi_q.shape))
-    dphi_k = unbroadcast(xp, dphi_k, tuple(res.phi_k.shape))
-    dv = dcv[..., :dv_dim]
-    if res.keep is not None:
-        dphi_k = xp.where(res.keep[..., None], dphi_k, 0.0)
+    dphi_q, dphi_k, dv = kernelized_backward(res.core, g)
 
     exp_kind = res.features != "trig"
     sign = _key_log_weight_sign(res.features, res.kernel)
@@ -758,7 +721,9 @@ def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
       transcendentals ``(n + m) F`` (``exp``; ``sin`` and ``cos`` for trig) ``+ m`` (trig's key weight);
     - non-causal assembly: ``2 (n + m) F (dv + 1)`` (``phi(K)^T [V, 1]`` then ``phi(Q) (...)``);
     - causal assembly (:func:`causal_dot`, chunks of ``c`` rows): per chunk
-      ``2 c^2 F + 2 c^2 (dv + 1) + 4 c F (dv + 1) + c (dv + 1) + F (dv + 1)``.
+      ``2 c^2 F + 2 c^2 (dv + 1) + 4 c F (dv + 1) + c (dv + 1) + F (dv + 1)``;
+    - then ``n`` (the core's ``+ eps``, here ``eps = 0``) ``+ n dv`` (the division)
+      (:func:`refattn.methods._kernelized.kernelized_flops`).
 
     So the time is ``O(n D (d + dv))`` for fixed ``D`` (paper 001's table says ``O(nd)``: true for
     fixed ``D`` and ``dv = d`` up to the factor ``D``) and the state ``sum_j phi(k_j) v_j^T``,
@@ -772,18 +737,12 @@ def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
     check_positive_int("n_features", n_features)
     check_positive_int("batch", batch)
     check_positive_int("chunk", chunk)
-    if features not in FEATURES:
-        msg = f"features must be one of {FEATURES}, got {features!r}"
-        raise ValueError(msg)
-    if kernel not in KERNELS:
-        msg = f"kernel must be one of {KERNELS}, got {kernel!r}"
-        raise ValueError(msg)
+    _check_kind(features, kernel)
     if causal and n != m:
         msg = f"causal random-feature attention needs n == m, got n = {n}, m = {m}"
         raise ValueError(msg)
     n_freq = n_features
     f = n_freq if features == "positive" else 2 * n_freq
-    e = dv + 1
     sq_half = lambda r: r * d + r * (d - 1) + r  # noqa: E731  x*x, sum, *0.5
     per = 0  # flops per batch element
     glob = 0  # flops of whole-array reductions (N - 1)
@@ -827,14 +786,7 @@ def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
             glob += batch * m * f - 1
         tr += m * f
         per += m * f
-    # assembly
-    if causal:
-        for i0 in range(0, n, chunk):
-            c = min(chunk, n - i0)
-            per += 2 * c * c * f + 2 * c * c * e + 2 * c * f * e + c * e + 2 * f * c * e + f * e
-        if masked and m:
-            per += m - 1  # first kept key per batch element
-    else:
-        per += 2 * f * m * e + 2 * n * f * e
-    per += n * dv  # num / den
+    # assembly (refattn.methods._kernelized with eps = 0: its add still counts n; the search for the
+    # first kept key of the empty rows is an integer min, 0 flops)
+    per += kernelized_flops(n, m, f, dv, causal=causal, chunk=chunk)
     return Cost(flops=batch * per + glob, transcendentals=batch * tr)
