@@ -56,11 +56,6 @@ class Result:
     where: str  # where the result is documented
 
 
-@dataclass(frozen=True)
-class KnownBug:
-    reason: str
-
-
 DOC_XP = "refattn._xp module docstring, 'Input contract'"
 # Gradients of view inputs: NumPy may pick another matmul kernel for strided operands (another
 # summation order), so they agree within rounding rather than bit for bit: each evaluation is within
@@ -123,10 +118,6 @@ _OVERRIDES: dict[tuple[str, str], Any] = {
     ("iterative_pinv", "inf_input"): _PINV_DIVERGES,
     ("iterative_pinv", "size_zero[iterations]"): Result("valid", "iterative_pinv docstring: iterations >= 0 (0 gives Z_0)"),
     ("nystrom_attention", "size_zero[iterations]"): Result("valid", "nystrom_attention docstring: iterations >= 0"),
-    ("kernel_attention", "nan_input"): KnownBug(
-        "kernels.py: `pos = den > 0` treats a NaN normaliser as zero and returns 0 rows (NaN in q or k "
-        "gives a finite wrong answer); reported to the lead (kernels.py is being refactored)"),
-    ("kernel_attention", "inf_input"): KnownBug("as nan_input: inf in q gives a NaN normaliser, returned as 0"),
     ("random_feature_attention[causal,hyperbolic]", "m_gt_n"): Raises(ValueError, "causal|queries as keys"),
     ("nystrom_attention", "m_gt_n"): Raises(ValueError, "num_landmarks"),
     ("nystrom_attention", "empty_n"): Raises(ValueError, "q"),
@@ -194,8 +185,7 @@ def _rows() -> list[Any]:
             for case in cases if isinstance(cases, list) else [cases]:
                 suffix = f"[{case.arg}]" if isinstance(cases, list) else ""
                 exp = _expectation(spec, cname + suffix)
-                marks = [pytest.mark.xfail(strict=True, reason=exp.reason)] if isinstance(exp, KnownBug) else []
-                rows.append(pytest.param(spec, cname, case, exp, id=f"{spec.name}-{cname}{suffix}", marks=marks))
+                rows.append(pytest.param(spec, cname, case, exp, id=f"{spec.name}-{cname}{suffix}"))
     return rows
 
 
@@ -207,8 +197,6 @@ ROWS = _rows()
 @pytest.mark.parametrize("spec,cname,case,exp", ROWS)
 def test_catalogue_row(spec: Spec, cname: str, case: Case, exp: Any) -> None:
     before = _snapshot(case.args, case.kwargs)
-    if isinstance(exp, KnownBug):  # the documented contract that the bug breaks: NaN must propagate
-        exp = Result("propagates", DOC_XP)
     if isinstance(exp, Raises):
         with pytest.raises(exp.exc) as info, warnings.catch_warnings(), np.errstate(all="ignore"):
             if exp.numpy_warns:
@@ -299,16 +287,9 @@ def _sampler_rows() -> list[Any]:
 
 SAMPLER_ROWS = _sampler_rows()
 
-# Zero sizes that are valid and documented: an empty draw (shape tuples may hold zeros).
-_SAMPLER_KNOWN_BUGS = {
-    f"kernels.init_params-d-{kind}": "kernels.init_params does not validate d (a NumPy error from deep inside); "
-    "reported to the lead (kernels.py is being refactored)" for kind in ("negative", "zero", "float")}
-
 
 @pytest.mark.parametrize("fn,kw,arg", SAMPLER_ROWS)
-def test_sampler_sizes(fn: Any, kw: dict[str, Any], arg: str, request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.id in _SAMPLER_KNOWN_BUGS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=_SAMPLER_KNOWN_BUGS[request.node.callspec.id]))
+def test_sampler_sizes(fn: Any, kw: dict[str, Any], arg: str) -> None:
     with pytest.raises((ValueError, TypeError)) as info:
         fn(**kw)
     assert _names_arg(str(info.value), re.escape(arg)), str(info.value)
@@ -326,7 +307,7 @@ def test_catalogue_size(capsys: pytest.CaptureFixture[str]) -> None:
     kinds = Counter()
     for p in ROWS:
         exp = p.values[3]
-        kinds["raise" if isinstance(exp, Raises) else "known bug" if isinstance(exp, KnownBug) else "result"] += 1
+        kinds["raise" if isinstance(exp, Raises) else "result"] += 1
     funcs = {p.values[0].name for p in ROWS}
     classes = {p.values[1] for p in ROWS}
     extra = len(VJP_SPECS) * 3 + len(SAMPLER_ROWS) + 1

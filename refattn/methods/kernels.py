@@ -76,6 +76,7 @@ from .._vjp import defvjp
 from .._xp import (
     broadcast_shapes,
     check_float_array,
+    check_positive_int,
     check_same_namespace_device,
     compute_dtype,
     device,
@@ -478,6 +479,8 @@ def orthogonality_penalty(w: Any, /) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 def _dims(units: tuple[str, ...], d: int, d_out: int | None, rank: int | None) -> list[tuple[str, int, int, int]]:
+    check_positive_int("d", d)
+    check_positive_int("d_out", d_out, allow_none=True)
     dims, d_in = [], d
     for u in units:
         do = d_out if d_out is not None else d_in
