@@ -18,14 +18,13 @@ def _make(rs, s: Sizes):
 
 
 def torch_rfa(q, k, v, w, causal=False):
-    """phi(x) = exp(x W^T - |x|^2/2) / sqrt(D) at x = s^(1/2) q, minus the row max (queries); keys
-    without the |x|^2 term (it cancels against the softmax kernel's key weight), minus one max per
-    batch element."""
+    """phi(x) = exp(x W^T - |x|^2/2) / sqrt(D) at x = s^(1/2) q and s^(1/2) k; the exponents shifted
+    by their row max (queries) and by one max per batch element (keys)."""
     r = math.sqrt(1 / math.sqrt(q.shape[-1]))
     a = 1 / math.sqrt(w.shape[-2])
     xq, xk = q * r, k * r
     tq = xq @ w.mT - (xq * xq).sum(-1, keepdim=True) / 2
-    tk = xk @ w.mT
+    tk = xk @ w.mT - (xk * xk).sum(-1, keepdim=True) / 2
     fq = torch.exp(tq - tq.amax(-1, keepdim=True)) * a
     fk = torch.exp(tk - tk.amax((-2, -1), keepdim=True)) * a
     return torch_kernelized(fq, fk, v, causal)
