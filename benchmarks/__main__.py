@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,7 +78,7 @@ def callables(case: Case, sizes: Sizes, dtype: str, seed: int = 0) -> dict[str, 
 
 
 def run_ratios(cases: Sequence[Case], sizes: Sizes, dtypes: Sequence[str], passes: Sequence[str],
-               repeat: int, warmup: int, log=print) -> list[dict[str, Any]]:
+               repeat: int, warmup: int, clock=time.perf_counter, log=print) -> list[dict[str, Any]]:
     rows = []
     for case in cases:
         if case.max_n is not None and sizes.n > case.max_n:
@@ -88,7 +89,7 @@ def run_ratios(cases: Sequence[Case], sizes: Sizes, dtypes: Sequence[str], passe
             fns = callables(case, s, dtype)
             for pas in passes:
                 names = list(fns[pas])
-                res = interleaved([fns[pas][k] for k in names], warmup=warmup, repeat=repeat)
+                res = interleaved([fns[pas][k] for k in names], warmup=warmup, repeat=repeat, clock=clock)
                 t_ref = median(res["times"][0])
                 for i, peer in enumerate(names[1:]):
                     row = {"method": case.name, "peer": peer, "dtype": dtype, "pass": pas, "n": s.n,
@@ -154,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pass", dest="passes", nargs="+", default=list(PASSES), choices=PASSES)
     p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (default 9; --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; --quick 1)")
+    p.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                   help="wall time (default), or this thread's CPU time: immune to other processes' load, "
+                        "meaningful only single-threaded (OPENBLAS_NUM_THREADS=1 and --threads 1)")
     a = p.parse_args(argv)
     if a.list:
         print("\n".join(f"{c.name:<20} peers: {', '.join(c.peers)}" for c in CASES))
@@ -167,10 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"D=k={sizes.features}; {repeat} interleaved rounds after {warmup} warm-up(s); torch "
           f"{info['torch']} on {info['torch_threads']} threads, NumPy {info['numpy']}; load {info['loadavg']}")
     print(HEADER)
-    rows = run_ratios(find(a.method), sizes, a.dtype, a.passes, repeat, warmup)
+    if a.clock == "thread" and a.threads != 1:
+        raise SystemExit("--clock thread needs --threads 1 (and OPENBLAS_NUM_THREADS=1 in the environment)")
+    clock = time.thread_time if a.clock == "thread" else time.perf_counter
+    rows = run_ratios(find(a.method), sizes, a.dtype, a.passes, repeat, warmup, clock)
     if a.out:
         with open(a.out, "w") as fh:
-            json.dump({"machine": info, "sizes": vars(sizes), "repeat": repeat, "warmup": warmup, "rows": rows},
+            json.dump({"machine": info, "sizes": vars(sizes), "repeat": repeat, "warmup": warmup,
+                       "clock": a.clock, "rows": rows},
                       fh, indent=1)
     worst = max(rows, key=lambda r: r["ratio"]) if rows else None
     if worst:

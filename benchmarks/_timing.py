@@ -16,11 +16,14 @@ def _quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
 
 
 def interleaved(fns: Sequence[Callable[[], object]], *, warmup: int = 2, repeat: int = 7,
-                sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+                sync: Callable[[], None] = lambda: None,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
     """Time ``fns[0]`` (the subject) and each peer ``fns[1:]`` in rounds: each round runs every
     function once, in an order rotated from round to round, so slow drifts of a shared machine's
     load hit all of them alike. Returns the per-round times ``{"times": [[t_fn for each round]...]}``
-    and, for each peer ``i >= 1``, the per-round ratios ``t_0 / t_i`` under ``"ratios"``."""
+    and, for each peer ``i >= 1``, the per-round ratios ``t_0 / t_i`` under ``"ratios"``. ``clock``:
+    wall time by default; ``time.thread_time`` (CPU time of this thread) is immune to other
+    processes' load but is only meaningful with single-threaded BLAS and torch."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -29,10 +32,10 @@ def interleaved(fns: Sequence[Callable[[], object]], *, warmup: int = 2, repeat:
     for r in range(repeat):
         order = [(r + i) % len(fns) for i in range(len(fns))]
         for i in order:
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[i]()
             sync()
-            times[i].append(time.perf_counter() - t0)
+            times[i].append(clock() - t0)
     ratios = [[a / b for a, b in zip(times[0], times[i])] for i in range(1, len(fns))]
     return {"times": times, "ratios": ratios}
 

@@ -156,19 +156,22 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False
         num = causal_dot(phi_q, phi_k, c, chunk=chunk)[..., pad_q:, :]
     r = num[..., dv] + eps
     numer = num[..., :dv]
-    singular = (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
-    if on_nonpositive != "ignore" and bool(xp.any(singular)):
-        count = int(xp.sum(xp.astype(singular, xp.int64)))
-        msg = (f"{method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps <= 0 "
-               f"(out of {math.prod(r.shape)}); the feature map is not "
-               "non-negative (e.g. 'identity'), so the output is not a weighted average of the values. "
-               "Use a non-negative feature map, a larger eps, or on_nonpositive='warn'/'ignore'")
-        if on_nonpositive == "raise":
-            raise ValueError(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    nz = r != 0
-    safe = xp.where(nz, r, 1.0)
-    out = xp.where(nz[..., None], numer / safe[..., None], 0.0)
+    if not bool(xp.any(r <= 0)):  # every normaliser positive (non-negative features): one division
+        out = numer / r[..., None]
+    else:
+        singular = (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
+        if on_nonpositive != "ignore" and bool(xp.any(singular)):
+            count = int(xp.sum(xp.astype(singular, xp.int64)))
+            msg = (f"{method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps <= 0 "
+                   f"(out of {math.prod(r.shape)}); the feature map is not "
+                   "non-negative (e.g. 'identity'), so the output is not a weighted average of the values. "
+                   "Use a non-negative feature map, a larger eps, or on_nonpositive='warn'/'ignore'")
+            if on_nonpositive == "raise":
+                raise ValueError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        nz = r != 0
+        safe = xp.where(nz, r, 1.0)
+        out = xp.where(nz[..., None], numer / safe[..., None], 0.0)
     res = KernelizedResiduals(phi_q, phi_k, c, state, out, r, key_keep, offset, pad_q, pad_k, chunk, shapes)
     return out, res
 
