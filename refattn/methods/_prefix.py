@@ -25,7 +25,7 @@ from .._xp import device, namespace
 
 __all__ = ["causal_dot", "causal_dot_backward", "CausalDotGrads", "DEFAULT_CHUNK"]
 
-DEFAULT_CHUNK = 128
+DEFAULT_CHUNK = 64  # measured (benchmarks/RESULTS.md): 64 beats 32 and 128 for d = 64, D = 64..256
 
 
 class CausalDotGrads(NamedTuple):
