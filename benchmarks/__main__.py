@@ -48,19 +48,24 @@ def find(names: Sequence[str] | None) -> list[Case]:
     return [c for c in CASES if any(c.name == n or c.name.startswith(n) for n in names)]
 
 
-def callables(case: Case, sizes: Sizes, dtype: str, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """``{"fwd": {"refattn": f, peer: f...}, "fwd+bwd": {...}}`` on the same inputs."""
+def callables(case: Case, sizes: Sizes, dtype: str, seed: int = 0, backend: Any = None,
+              peer_device: str = "cpu") -> dict[str, dict[str, Any]]:
+    """``{"fwd": {"refattn": f, peer: f...}, "fwd+bwd": {...}}`` on the same inputs: refattn's on
+    ``backend`` (NumPy by default), the torch peers' on ``peer_device``."""
     rs = np.random.default_rng(seed)
     host = [a.astype(dtype) for a in case.make(rs, sizes)]
-    out0 = case.fn(*host, **case.kwargs)
-    dout = rs.standard_normal(out0.shape).astype(dtype)
-    tens = [torch.from_numpy(a) for a in host]
+    ref_in = host if backend is None else [backend.asarray(a) for a in host]
+    out0 = case.fn(*ref_in, **case.kwargs)
+    dout = rs.standard_normal(tuple(out0.shape)).astype(dtype)
+    ref_dout = dout if backend is None else backend.asarray(dout)
+    tens = [torch.from_numpy(a).to(peer_device) for a in host]
     leaves = [t.clone().requires_grad_() for t in tens]
-    tdout = torch.from_numpy(dout)
+    tdout = torch.from_numpy(dout).to(peer_device)
+    host = ref_in
 
     def ref_fb():
         _, pullback = refattn.vjp(case.fn, *host, **case.kwargs)
-        return pullback(dout)
+        return pullback(ref_dout)
 
     out = {"fwd": {"refattn": lambda: case.fn(*host, **case.kwargs)}, "fwd+bwd": {"refattn": ref_fb}}
     for name, peer in case.peers.items():
@@ -78,7 +83,8 @@ def callables(case: Case, sizes: Sizes, dtype: str, seed: int = 0) -> dict[str, 
 
 
 def run_ratios(cases: Sequence[Case], sizes: Sizes, dtypes: Sequence[str], passes: Sequence[str],
-               repeat: int, warmup: int, clock=time.perf_counter, log=print) -> list[dict[str, Any]]:
+               repeat: int, warmup: int, clock=time.perf_counter, log=print, backend: Any = None,
+               peer_device: str = "cpu") -> list[dict[str, Any]]:
     rows = []
     for case in cases:
         if case.max_n is not None and sizes.n > case.max_n:
@@ -86,10 +92,11 @@ def run_ratios(cases: Sequence[Case], sizes: Sizes, dtypes: Sequence[str], passe
         else:
             s = sizes
         for dtype in dtypes:
-            fns = callables(case, s, dtype)
+            fns = callables(case, s, dtype, backend=backend, peer_device=peer_device)
             for pas in passes:
                 names = list(fns[pas])
-                res = interleaved([fns[pas][k] for k in names], warmup=warmup, repeat=repeat, clock=clock)
+                res = interleaved([fns[pas][k] for k in names], warmup=warmup, repeat=repeat, clock=clock,
+                                  sync=_sync(backend, peer_device))
                 t_ref = median(res["times"][0])
                 for i, peer in enumerate(names[1:]):
                     row = {"method": case.name, "peer": peer, "dtype": dtype, "pass": pas, "n": s.n,
@@ -98,6 +105,20 @@ def run_ratios(cases: Sequence[Case], sizes: Sizes, dtypes: Sequence[str], passe
                     rows.append(row)
                     log(fmt_row(row))
     return rows
+
+
+def _sync(backend: Any, peer_device: str):
+    """Wait for queued device work of both sides (a no-op on the CPU)."""
+    if backend is None and peer_device == "cpu":
+        return lambda: None
+
+    def sync() -> None:
+        if backend is not None:
+            backend.synchronize()
+        if peer_device != "cpu":
+            torch.cuda.synchronize()
+
+    return sync
 
 
 HEADER = (f"{'method':<20}{'peer':<8}{'dtype':<9}{'pass':<9}{'n':>6}{'refattn ms':>12}{'peer ms':>10}"
@@ -155,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pass", dest="passes", nargs="+", default=list(PASSES), choices=PASSES)
     p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (default 9; --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; --quick 1)")
+    p.add_argument("--backend", default="numpy",
+                   help="refattn's backend (default numpy; e.g. cupy for a GPU run, with --peer-device cuda)")
+    p.add_argument("--peer-device", default="cpu", help="torch device of the peers (default cpu)")
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="wall time (default), or this thread's CPU time: immune to other processes' load, "
                         "meaningful only single-threaded (OPENBLAS_NUM_THREADS=1 and --threads 1)")
@@ -167,18 +191,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeat = a.repeat or (3 if a.quick else 9)
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     info = machine()
-    print(f"refattn (NumPy) / torch CPU peer, B={sizes.batch} H={sizes.heads} n={sizes.n} d={sizes.d} "
+    print(f"refattn ({a.backend}) / torch peer ({a.peer_device}), B={sizes.batch} H={sizes.heads} n={sizes.n} "
+          f"d={sizes.d} "
           f"D=k={sizes.features}; {repeat} interleaved rounds after {warmup} warm-up(s); torch "
           f"{info['torch']} on {info['torch_threads']} threads, NumPy {info['numpy']}; load {info['loadavg']}")
     print(HEADER)
     if a.clock == "thread" and a.threads != 1:
         raise SystemExit("--clock thread needs --threads 1 (and OPENBLAS_NUM_THREADS=1 in the environment)")
     clock = time.thread_time if a.clock == "thread" else time.perf_counter
-    rows = run_ratios(find(a.method), sizes, a.dtype, a.passes, repeat, warmup, clock)
+    backend = None
+    if a.backend != "numpy":
+        from refattn import backends
+
+        backend = backends.get(a.backend)
+    rows = run_ratios(find(a.method), sizes, a.dtype, a.passes, repeat, warmup, clock,
+                      backend=backend, peer_device=a.peer_device)
     if a.out:
         with open(a.out, "w") as fh:
             json.dump({"machine": info, "sizes": vars(sizes), "repeat": repeat, "warmup": warmup,
-                       "clock": a.clock, "rows": rows},
+                       "clock": a.clock, "backend": a.backend, "peer_device": a.peer_device, "rows": rows},
                       fh, indent=1)
     worst = max(rows, key=lambda r: r["ratio"]) if rows else None
     if worst:
