@@ -5,8 +5,9 @@ and float64, on the NumPy backend; fitted log-log exponents over the upper half 
     python -m benchmarks scaling [--method NAME ...] [--n-max 65536] [--out scaling.json] [--plot scaling.png]
 
 Peak memory is what NumPy reports to :mod:`tracemalloc` during one call (inputs excluded). Time is
-the best of 3 untraced calls, or the traced call's own time when it took longer than
-``--long`` seconds (then it ran once). A size is skipped, with the reason, when its time predicted
+the best of that call and 2 untraced calls, or the traced call's own time when it took longer than
+``--long`` seconds (then it ran once; the first call of a size is often slower: first-touch page
+faults, BLAS threads waking). A size is skipped, with the reason, when its time predicted
 from the previous size (``t * 2^p``, ``p`` the method's promised exponent) exceeds ``--budget``
 seconds, or for dense softmax when its ``(n, m)`` logits would need more than ``--mem-limit`` bytes
 (three ``B H n^2`` arrays are alive at once): dense softmax is not run at sizes it cannot hold.
@@ -81,12 +82,11 @@ def measure_case(case: Case, ns: Sequence[int], dtype: str, *, backward: bool, b
         peak, secs = traced_peak(fn)
         how = "1 traced run"
         if secs < long:
-            best = math.inf
-            for _ in range(3):
+            for _ in range(2):
                 t0 = time.perf_counter()
                 fn()
-                best = min(best, time.perf_counter() - t0)
-            secs, how = best, "best of 3"
+                secs = min(secs, time.perf_counter() - t0)
+            how = "best of 3"
         points.append({"n": n, "seconds": secs, "peak_bytes": peak, "timing": how})
         log(f"  {case.name:<18}{dtype:<9}n={n:>6}  {secs:10.4f} s  peak {peak / 2**20:10.1f} MiB  ({how})")
         prev = (n, secs)
@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--n-max", type=int, default=65536)
     p.add_argument("--backward", action="store_true", help="time forward + backward")
     p.add_argument("--budget", type=float, default=400.0, help="skip a size predicted to take longer (s)")
-    p.add_argument("--long", type=float, default=2.0, help="time a call this long once, traced (s)")
+    p.add_argument("--long", type=float, default=10.0, help="time a call this long once, traced (s)")
     p.add_argument("--mem-limit", type=float, default=4.0, help="dense softmax logits limit (GiB)")
     p.add_argument("--plot", default=None, help="write a log-log plot here (needs matplotlib)")
     a = p.parse_args(argv)
