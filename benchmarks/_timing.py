@@ -1,32 +1,69 @@
-"""Shared timing helper: warm-ups, repeated runs, median and spread."""
+"""Timing helpers: warm-ups, interleaved repeated runs, the median ratio and its spread."""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Sequence
 
 
-def timeit(fn: Callable[[], object], *, warmup: int = 1, repeat: int = 5,
-           sync: Callable[[], None] = lambda: None) -> tuple[float, float]:
-    """Median wall time of ``fn()`` in seconds and the relative spread (max-min)/median."""
+def _quartiles(xs: Sequence[float]) -> tuple[float, float, float]:
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def interleaved(fns: Sequence[Callable[[], object]], *, warmup: int = 2, repeat: int = 7,
+                sync: Callable[[], None] = lambda: None,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Time ``fns[0]`` (the subject) and each peer ``fns[1:]`` in rounds: each round runs every
+    function once, in an order rotated from round to round, so slow drifts of a shared machine's
+    load hit all of them alike. Returns the per-round times ``{"times": [[t_fn for each round]...]}``
+    and, for each peer ``i >= 1``, the per-round ratios ``t_0 / t_i`` under ``"ratios"``. ``clock``:
+    wall time by default; ``time.thread_time`` (CPU time of this thread) is immune to other
+    processes' load but is only meaningful with single-threaded BLAS and torch."""
     for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return med, (max(times) - min(times)) / med
+        for fn in fns:
+            fn()
+            sync()
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeat):
+        order = [(r + i) % len(fns) for i in range(len(fns))]
+        for i in order:
+            t0 = clock()
+            fns[i]()
+            sync()
+            times[i].append(clock() - t0)
+    ratios = [[a / b for a, b in zip(times[0], times[i])] for i in range(1, len(fns))]
+    return {"times": times, "ratios": ratios}
 
 
-def peak_bytes(backend, fn: Callable[[], object]) -> int | None:
-    """Peak bytes allocated by the backend while ``fn()`` runs."""
-    backend.reset_peak_memory()
+def summary(ratios: Sequence[float]) -> dict[str, float]:
+    """Median of the per-round ratios and their interquartile range."""
+    q1, med, q3 = _quartiles(sorted(ratios))
+    return {"ratio": med, "q1": q1, "q3": q3}
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def traced_peak(fn: Callable[[], object], clock: Callable[[], float] = time.perf_counter) -> tuple[int, float]:
+    """``(peak bytes, seconds)`` of one call of ``fn`` under :mod:`tracemalloc` (NumPy reports its
+    buffers to it; what was allocated before the call is not counted; the result is released
+    after the peak is read)."""
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    t0 = clock()
     out = fn()
-    peak = backend.peak_memory()
+    secs = clock() - t0
+    peak = tracemalloc.get_traced_memory()[1] - base
     del out
-    return peak
+    if not was:
+        tracemalloc.stop()
+    return peak, secs

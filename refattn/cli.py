@@ -74,6 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._cli_cost import add_parser as add_cost_parser  # `refattn cost METHOD --n N ...`
 
     add_cost_parser(sub)
+    from ._cli_bench import add_parser as add_bench_parser  # `refattn bench [scaling] ...`: benchmarks/
+
+    add_bench_parser(sub)
     from ._check_cli import add_subcommands as add_check_subcommands
 
     add_check_subcommands(sub)  # refattn check, refattn example-inputs

@@ -216,7 +216,8 @@ class Tally:
     """A helper for closed-form *byte* models: add each op's bytes as the code performs it.
 
     ``op(out, *reads)`` is one op that allocates an array of ``out`` bytes and reads arrays of
-    ``reads`` bytes (the counting conventions above); ``read(n)`` adds reads without an allocation
+    ``reads`` bytes (the counting conventions above); ``inplace(target, *reads)`` an in-place op
+    (no allocation); ``read(n)`` adds reads without an allocation
     (``bool(x)``...). ``mark()`` / ``since(mark)`` give the bytes allocated between two points,
     which closed forms use to bound the peak. Flops are not tallied: closed forms state them as
     formulas.
@@ -237,6 +238,13 @@ class Tally:
 
     def read(self, nbytes: int) -> None:
         self.bytes_read += nbytes
+
+    def inplace(self, target: int, *reads: int) -> int:
+        """One in-place op (``x -= y``...) on an array of ``target`` bytes: reads it and ``reads``,
+        writes it, allocates nothing; returns 0."""
+        self.bytes_read += target + sum(reads)
+        self.bytes_written += target
+        return 0
 
     def mark(self) -> int:
         return self.bytes_written

@@ -216,8 +216,11 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False
             if on_nonpositive == "raise":
                 raise ValueError(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    safe = xp.where(valid, r, 1.0)
-    out = xp.where(valid[..., None], numer / safe[..., None], 0.0)
+    if bool(xp.all(valid)):  # the common case (every row has a usable normaliser): one division
+        out = numer / r[..., None]
+    else:
+        safe = xp.where(valid, r, 1.0)
+        out = xp.where(valid[..., None], numer / safe[..., None], 0.0)
     res = KernelizedResiduals(phi_q, phi_k, c, state, out, r, valid, key_keep, offset, pad_q, pad_k, chunk,
                               shapes)
     return out, res

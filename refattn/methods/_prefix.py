@@ -32,7 +32,7 @@ from .._xp import (
 
 __all__ = ["causal_dot", "causal_dot_backward", "CausalDotGrads", "DEFAULT_CHUNK"]
 
-DEFAULT_CHUNK = 128
+DEFAULT_CHUNK = 64  # measured (benchmarks/RESULTS.md): 64 beats 32 and 128 for d = 64, D = 64..256
 
 
 class CausalDotGrads(NamedTuple):
@@ -75,15 +75,17 @@ def causal_dot(a: Any, b: Any, c: Any, /, *, chunk: int = DEFAULT_CHUNK, reverse
     batch = tuple(xp.broadcast_arrays(a[..., :1, :1], b[..., :1, :1], c[..., :1, :1])[0].shape[:-2])
     dev = device(a)
     state = xp.zeros((*batch, a.shape[-1], c.shape[-1]), dtype=a.dtype, device=dev)
+    idx = xp.arange(min(chunk, n), device=dev)
+    tril_full = idx[None, :] <= idx[:, None]  # built once; the last chunk uses its leading block
     outs = []
     for i0 in range(0, n, chunk):
         i1 = min(i0 + chunk, n)
         ac, bc, cc = a[..., i0:i1, :], b[..., i0:i1, :], c[..., i0:i1, :]
-        idx = xp.arange(i1 - i0, device=dev)
-        tril = idx[None, :] <= idx[:, None]
-        w = xp.where(tril, ac @ xp.matrix_transpose(bc), 0.0)
-        outs.append(w @ cc + ac @ state)
-        state = state + xp.matrix_transpose(bc) @ cc
+        tril = tril_full[:i1 - i0, :i1 - i0]
+        o = xp.where(tril, ac @ xp.matrix_transpose(bc), 0.0) @ cc
+        o += ac @ state
+        outs.append(o)
+        state += xp.matrix_transpose(bc) @ cc  # state is this function's own accumulator
     out = (xp.concat(outs, axis=-2) if outs
            else xp.zeros((*batch, 0, c.shape[-1]), dtype=a.dtype, device=dev))
     return xp.flip(out, axis=-2) if reverse else out

@@ -36,12 +36,15 @@ def softmax_axis(xp: Any, x: Any, axis: int, keep: Any = None) -> Any:
     tot = xp.sum(e, axis=axis, keepdims=True)
     if keep is not None:
         tot = xp.where(tot > 0, tot, 1.0)
-    return e / tot
+    e /= tot  # in place: e is this function's own temporary
+    return e
 
 
 def softmax_axis_backward(xp: Any, p: Any, dp: Any, axis: int) -> Any:
     """Cotangent of the softmax input from its output ``p`` and output cotangent ``dp``."""
-    return p * (dp - xp.sum(dp * p, axis=axis, keepdims=True))
+    g = dp - xp.sum(dp * p, axis=axis, keepdims=True)
+    g *= p
+    return g
 
 
 def softmax_axis_flops(n_elements: int, n_slices: int) -> tuple[int, int]:

@@ -633,7 +633,7 @@ def _softmax_dense_flops(n: int, m: int, d: int, dv: int, additive: bool) -> tup
     one batch element, counted op by op (``_logits``, max, shift, exp, sum, ``P V``, ``_finish``)."""
     if m == 0:
         return 0, 0
-    flops = (2 * n * d * m + n * m + (n * m if additive else 0)   # q k^T, * scale, + bias
+    flops = (n * d + 2 * n * d * m + (n * m if additive else 0)   # q * scale, (sq) k^T, + bias
              + n * (m - 1) + n * m + n * (m - 1)                     # max, s - max, sum
              + 2 * n * m * dv + n * dv + n)                          # P V, / l, max + log l
     return flops, n * m + n                                          # exp, log
@@ -655,7 +655,7 @@ def cost(n: int, m: int, d: int, dv: int, *, rank: int | None = None, reading: s
     - ``"hadamard"``: ``n d + n m d`` (scaled products) ``[+ n m d]`` (bias) ``+ 3 n d (m - 1)``
       (max, sum, ``sum P v``) ``+ 2 n m d`` (shift, ``P v``) ``+ 2 n d``; ``n m d + n d``
       transcendentals.
-    - softmax (dense) on ``f`` features: ``2 n f m + 3 n m + 2 n (m - 1) + 2 n m dv + n dv + n``
+    - softmax (dense) on ``f`` features: ``n f + 2 n f m + n m + 2 n (m - 1) + 2 n m dv + n dv + n``
       ``[+ n m]`` flops, ``n m + n`` transcendentals.
 
     QR and SVD are counted with the conventional dense totals of :func:`refattn.cost.linalg_flops`

@@ -124,8 +124,12 @@ class FeatureMap(NamedTuple):
 
 
 def _elu1(xp: Any, x: Any) -> Any:
-    # exp only of non-positive arguments (no overflow); x + 1 where x > 0
-    return xp.where(x > 0, x + 1.0, xp.exp(xp.where(x > 0, 0.0, x)))
+    # elu(x) + 1 = max(x, 0) + exp(min(x, 0)): exp only of non-positive arguments (no overflow), four
+    # passes over x and no boolean temporaries (x + exp(0) = x + 1 exactly for x > 0)
+    zero = xp.zeros((), dtype=x.dtype, device=device(x))
+    y = xp.exp(xp.minimum(x, zero))
+    y += xp.maximum(x, zero)
+    return y
 
 
 def _elu1_grad(xp: Any, x: Any, y: Any) -> Any:
@@ -149,7 +153,7 @@ def _identity_grad(xp: Any, x: Any, y: Any) -> Any:
 
 
 _BUILTIN_MAPS = {
-    "elu+1": FeatureMap("elu+1", _elu1, _elu1_grad, (1, 1)),
+    "elu+1": FeatureMap("elu+1", _elu1, _elu1_grad, (3, 1)),
     "relu": FeatureMap("relu", _relu, _relu_grad, (0, 0)),
     "identity": FeatureMap("identity", _identity, _identity_grad, (0, 0)),
 }
@@ -270,7 +274,7 @@ def cost(n: int, m: int, d: int, dv: int, *, batch: int = 1, feature_map: Any = 
 
     Per broadcast batch element (``batch`` of them; q, k, v assumed to share the batch shape):
     ``n d`` flops for ``s q`` when ``s != 1``; the feature map on ``(n + m) d`` elements
-    (``"elu+1"``: 1 flop and 1 exp per element, ``"relu"``/``"identity"``: none; a user map needs
+    (``"elu+1"``: 3 flops (min, max, add) and 1 exp per element, ``"relu"``/``"identity"``: none; a user map needs
     ``feature_map_cost=(flops, transcendentals)`` per element); then the core
     (:func:`refattn.methods._kernelized.kernelized_flops`): non-causal
     ``2 (n + m) d (dv + 1) + n + n dv``, causal the chunked prefix-sum count.

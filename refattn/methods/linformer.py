@@ -239,14 +239,14 @@ def cost(n: int, m: int, d: int, dv: int, k: int, *, batch: int = 1) -> Cost:
     """Closed-form forward cost of :func:`linformer_attention` (exact FLOPs and transcendentals).
 
     Per batch element (``batch`` of them, every input sharing the batch shape): ``2 k m d`` (``E K``)
-    ``+ 2 k m dv`` (``F V``) ``+ 2 n k d + n k`` (scaled logits) ``+ 2 (n k - n)`` (row max, row sum)
+    ``+ 2 k m dv`` (``F V``) ``+ n d + 2 n k d`` (scaled queries, logits) ``+ 2 (n k - n)`` (row max, row sum)
     ``+ n k`` (shift) ``+ 2 n k dv`` (``P (FV)``) ``+ n dv`` (normalise) ``+ n`` (log-sum-exp);
     ``n k`` exponentials and ``n`` logarithms.
     """
     _check_dims(n=n, m=m, d=d, dv=dv, k=k)
     check_positive_int("batch", batch)
     flops = 2 * k * m * d + 2 * k * m * dv
-    flops += 2 * n * k * d + n * k + 2 * (n * k - n) + n * k + 2 * n * k * dv + n * dv + n
+    flops += n * d + 2 * n * k * d + 2 * (n * k - n) + n * k + 2 * n * k * dv + n * dv + n
     from ..cost import Cost
 
     return Cost(flops=batch * flops, transcendentals=batch * (n * k + n))

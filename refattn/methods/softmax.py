@@ -75,13 +75,24 @@ class Grads(NamedTuple):
     dv: Any
 
 
-def _logits(xp: Any, qb: Any, kb: Any, scale: float, keep: Any, bias: Any) -> Any:
-    s = (qb @ xp.matrix_transpose(kb)) * scale
+def _logits(xp: Any, qs: Any, kb: Any, keep: Any, bias: Any) -> Any:
+    """``qs K^T + B`` with masked entries ``-inf``; ``qs`` holds the queries already scaled by ``s``
+    (``n d`` multiplications once instead of ``n m`` on the logits)."""
+    s = qs @ xp.matrix_transpose(kb)
     if bias is not None:
         s = s + bias
     if keep is not None:
         s = xp.where(keep, s, -math.inf)
     return s
+
+
+def _sub(s: Any, x: Any) -> Any:
+    """``s - x``, in place when ``x`` broadcasts into ``s`` without enlarging it (``s`` is a fresh
+    temporary; broadcast batch axes of ``q``/``k`` can make ``s`` smaller than ``x``)."""
+    if len(x.shape) <= len(s.shape) and all(a in (1, b) for a, b in zip(reversed(x.shape), reversed(s.shape))):
+        s -= x
+        return s
+    return s - x
 
 
 def _safe(xp: Any, x: Any) -> Any:
@@ -106,9 +117,11 @@ def _block_skipped(spec: MaskSpec, i0: int, i1: int, j0: int) -> bool:
 def _dense_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, scale: float) -> tuple[Any, Any]:
     n, m = q.shape[-2], k.shape[-2]
     keep, bias = mask_block(xp, spec, 0, n, 0, m, device(q))
-    s = _logits(xp, q, k, scale, keep, bias)
+    s = _logits(xp, q * scale, k, keep, bias)
     mx = xp.max(s, axis=-1, keepdims=True)
-    p = xp.exp(s - _safe(xp, mx))
+    s -= _safe(xp, mx)
+    p = xp.exp(s)
+    del s  # two (n, m) arrays at most
     l = xp.sum(p, axis=-1, keepdims=True)
     return _finish(xp, p @ v, mx, l)
 
@@ -117,13 +130,16 @@ def _dense_backward(xp: Any, r: Residuals, dout: Any) -> tuple[Any, Any, Any]:
     q, k, v = r.q, r.k, r.v
     n, m = q.shape[-2], k.shape[-2]
     keep, bias = mask_block(xp, r.spec, 0, n, 0, m, device(q))
-    s = _logits(xp, q, k, r.scale, keep, bias)
-    p = xp.exp(s - _safe(xp, r.lse)[..., None])
+    qs = q * r.scale
+    p = xp.exp(_sub(_logits(xp, qs, k, keep, bias), _safe(xp, r.lse)[..., None]))
     delta = xp.sum(r.out * dout, axis=-1, keepdims=True)
     dv = xp.matrix_transpose(p) @ dout
-    ds = p * (dout @ xp.matrix_transpose(v) - delta)
+    ds = dout @ xp.matrix_transpose(v)
+    ds -= delta
+    ds *= p  # dS = P (dP - delta)
+    del p
     dq = (ds @ k) * r.scale
-    dk = (xp.matrix_transpose(ds) @ q) * r.scale
+    dk = xp.matrix_transpose(ds) @ qs  # s dS^T Q
     return dq, dk, dv
 
 
@@ -131,10 +147,11 @@ def _blockwise_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, scale: f
                        batch: tuple[int, ...], bq: int, bk: int) -> tuple[Any, Any]:
     n, m, dv = q.shape[-2], k.shape[-2], v.shape[-1]
     dev = device(q)
+    qs = q * scale
     outs, lses = [], []
     for i0 in range(0, n, bq):
         i1 = min(i0 + bq, n)
-        qb = q[..., i0:i1, :]
+        qb = qs[..., i0:i1, :]
         mx = xp.full((*batch, i1 - i0, 1), -math.inf, dtype=q.dtype, device=dev)
         l = xp.zeros((*batch, i1 - i0, 1), dtype=q.dtype, device=dev)
         acc = xp.zeros((*batch, i1 - i0, dv), dtype=q.dtype, device=dev)
@@ -143,13 +160,15 @@ def _blockwise_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, scale: f
                 break
             j1 = min(j0 + bk, m)
             keep, bias = mask_block(xp, spec, i0, i1, j0, j1, dev)
-            s = _logits(xp, qb, k[..., j0:j1, :], scale, keep, bias)
+            s = _logits(xp, qb, k[..., j0:j1, :], keep, bias)
             mx_new = xp.maximum(mx, xp.max(s, axis=-1, keepdims=True))
             shift = _safe(xp, mx_new)
             alpha = xp.exp(mx - shift)
-            p = xp.exp(s - shift)
-            l = alpha * l + xp.sum(p, axis=-1, keepdims=True)
-            acc = alpha * acc + p @ v[..., j0:j1, :]
+            p = xp.exp(_sub(s, shift))
+            l *= alpha
+            l += xp.sum(p, axis=-1, keepdims=True)
+            acc *= alpha
+            acc += p @ v[..., j0:j1, :]
             mx = mx_new
         out, lse = _finish(xp, acc, mx, l)
         outs.append(out)
@@ -166,6 +185,7 @@ def _blockwise_backward(xp: Any, r: Residuals, dout: Any, batch: tuple[int, ...]
     dev = device(q)
     delta = xp.sum(r.out * dout, axis=-1, keepdims=True)
     lse = _safe(xp, r.lse)[..., None]
+    qs = q * r.scale
     q_blocks = [(i0, min(i0 + r.block_q, n)) for i0 in range(0, n, r.block_q)]
     dq = [xp.zeros((*batch, i1 - i0, d), dtype=q.dtype, device=dev) for i0, i1 in q_blocks]
     dks, dvs = [], []
@@ -178,16 +198,18 @@ def _blockwise_backward(xp: Any, r: Residuals, dout: Any, batch: tuple[int, ...]
             if _block_skipped(spec, i0, i1, j0):
                 continue
             keep, bias = mask_block(xp, spec, i0, i1, j0, j1, dev)
-            qb, dob = q[..., i0:i1, :], dout[..., i0:i1, :]
-            p = xp.exp(_logits(xp, qb, kb, r.scale, keep, bias) - lse[..., i0:i1, :])
-            dv_j = dv_j + xp.matrix_transpose(p) @ dob
-            ds = p * (dob @ xp.matrix_transpose(vb) - delta[..., i0:i1, :])
-            dq[b] = dq[b] + (ds @ kb) * r.scale
-            dk_j = dk_j + (xp.matrix_transpose(ds) @ qb) * r.scale
+            qb, dob = qs[..., i0:i1, :], dout[..., i0:i1, :]
+            p = xp.exp(_sub(_logits(xp, qb, kb, keep, bias), lse[..., i0:i1, :]))
+            dv_j += xp.matrix_transpose(p) @ dob
+            ds = dob @ xp.matrix_transpose(vb)
+            ds -= delta[..., i0:i1, :]
+            ds *= p
+            dq[b] += ds @ kb  # scaled by s once, after the loops
+            dk_j += xp.matrix_transpose(ds) @ qb
         dks.append(dk_j)
         dvs.append(dv_j)
     cat = lambda xs, shape: xp.concat(xs, axis=-2) if xs else xp.zeros(shape, dtype=q.dtype, device=dev)  # noqa: E731
-    return (cat(dq, (*batch, 0, d)), cat(dks, (*batch, 0, d)), cat(dvs, (*batch, 0, dvdim)))
+    return (cat(dq, (*batch, 0, d)) * r.scale, cat(dks, (*batch, 0, d)), cat(dvs, (*batch, 0, dvdim)))
 
 
 def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
@@ -354,11 +376,14 @@ class _ByteModel:
             keep = b * c if keep is None else t.op(b * r * c, keep, b * c)
         return keep
 
+    def scale_q(self, rows: int) -> int:
+        """``q * scale`` (the scaled queries every logits block reads); returns their bytes."""
+        return self.t.op(self.b * rows * self.d * self.w, self.b * rows * self.d * self.w)
+
     def logits(self, r: int, c: int, keep: int | None) -> None:
         t, b, d, w = self.t, self.b, self.d, self.w
         big = b * r * c * w
-        t.op(big, b * r * d * w, b * c * d * w)  # q @ k^T
-        t.op(big, big)  # * scale
+        t.op(big, b * r * d * w, b * c * d * w)  # qs @ k^T
         if self.bias:
             t.op(big, big, big)  # + bias
         if keep is not None:
@@ -393,17 +418,20 @@ def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
         return validation + b * n * (dv + 1) * w, held + b * n * (dv + 1) * w
     if impl == "dense":
         mark = t.mark()
-        bm.logits(n, m, bm.mask_block(n, m))
+        keep = bm.mask_block(n, m)
+        bm.scale_q(n)
+        bm.logits(n, m, keep)
         big = b * n * m * w
         t.op(b * n * w, big)  # max
         bm.safe(b * n)
-        t.op(big, big, b * n * w)  # s - shift
+        t.inplace(big, b * n * w)  # s -= shift
         t.op(big, big)  # exp
         t.op(b * n * w, big)  # sum
         t.op(b * n * dv * w, big, b * m * dv * w)  # p @ v
         bm.finish(n)
         # bound: validation temporaries + everything the dense path allocates, alive at once
         return validation + held + t.since(mark), held + b * n * (dv + 1) * w
+    qs = bm.scale_q(n)
     w_it = w_fin = s_prev = r_max = 0
     for r, cols in blocks:
         r_max = max(r_max, r)
@@ -420,14 +448,14 @@ def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
             bm.safe(b * r)
             t.op(b * r * w, b * r * w, b * r * w)  # mx - shift
             t.op(b * r * w, b * r * w)  # exp
-            t.op(big, big, b * r * w)  # s - shift
+            t.inplace(big, b * r * w)  # s -= shift
             t.op(big, big)  # exp
-            t.op(b * r * w, b * r * w, b * r * w)  # alpha * l
+            t.inplace(b * r * w, b * r * w)  # l *= alpha
             t.op(b * r * w, big)  # sum(p)
-            t.op(b * r * w, b * r * w, b * r * w)  # +
-            t.op(b * r * dv * w, b * r * w, b * r * dv * w)  # alpha * acc
+            t.inplace(b * r * w, b * r * w)  # l +=
+            t.inplace(b * r * dv * w, b * r * w)  # acc *= alpha
             t.op(b * r * dv * w, big, b * c * dv * w)  # p @ v
-            t.op(b * r * dv * w, b * r * dv * w, b * r * dv * w)  # +
+            t.inplace(b * r * dv * w, b * r * dv * w)  # acc +=
             w_it = max(w_it, t.since(mark))
             # what the loop variables still hold in the next iteration: keep, s, p, shift, alpha,
             # mx (= mx_new), l, acc
@@ -442,12 +470,12 @@ def _forward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
     else:
         t.op(b * n * dv * w, b * n * dv * w)  # concat(outs)
         t.op(b * n * w, b * n * w)  # concat(lses)
-    # bound: every array alive at one time is carried (the finished blocks' results, counted twice
-    # for the lists and their concatenation; the current and the previous query block's initial
-    # state), or made in the current inner iteration (or _finish), or held by a loop variable since
-    # the previous iteration.
+    # bound: every array alive at one time is carried (the scaled queries; the finished blocks'
+    # results, counted twice for the lists and their concatenation; the current and the previous
+    # query block's initial state), or made in the current inner iteration (or _finish), or held by
+    # a loop variable since the previous iteration.
     init = b * r_max * (dv + 2) * w
-    return validation + held + 2 * results + 2 * init + s_prev + max(w_it, w_fin), held + results
+    return validation + held + qs + 2 * results + 2 * init + s_prev + max(w_it, w_fin), held + results
 
 
 def _backward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
@@ -461,25 +489,27 @@ def _backward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
         t.op(0)
         return t.since(mark0)
     if impl == "dense":
-        bm.logits(n, m, bm.mask_block(n, m))
+        keep = bm.mask_block(n, m)
+        bm.scale_q(n)
+        bm.logits(n, m, keep)
         big = b * n * m * w
         bm.safe(b * n)  # _safe(lse)
-        t.op(big, big, b * n * w)  # s - lse
+        t.inplace(big, b * n * w)  # s -= lse
         t.op(big, big)  # exp
         t.op(b * n * dv * w, b * n * dv * w, b * n * dv * w)  # out * dout
         t.op(b * n * w, b * n * dv * w)  # sum -> delta
         t.op(b * m * dv * w, big, b * n * dv * w)  # p^T @ dout
         t.op(big, b * n * dv * w, b * m * dv * w)  # dout @ v^T
-        t.op(big, big, b * n * w)  # - delta
-        t.op(big, big, big)  # p * (...)
+        t.inplace(big, b * n * w)  # ds -= delta
+        t.inplace(big, big)  # ds *= p
         t.op(b * n * d * w, big, b * m * d * w)  # ds @ k
         t.op(b * n * d * w, b * n * d * w)  # * scale
-        t.op(b * m * d * w, big, b * n * d * w)  # ds^T @ q
-        t.op(b * m * d * w, b * m * d * w)  # * scale
+        t.op(b * m * d * w, big, b * n * d * w)  # ds^T @ qs
         return t.since(mark0)
     t.op(b * n * dv * w, b * n * dv * w, b * n * dv * w)  # out * dout
     t.op(b * n * w, b * n * dv * w)  # sum -> delta
     bm.safe(b * n)  # _safe(lse)
+    bm.scale_q(n)
     carried = t.since(mark0)
     for r, _ in blocks:
         t.op(b * r * d * w)  # zeros dq blocks
@@ -496,30 +526,30 @@ def _backward_bytes(bm: _ByteModel, n: int, m: int, impl: str,
             keep = bm.mask_block(r, c)
             bm.logits(r, c, keep)
             big = b * r * c * w
-            t.op(big, big, b * r * w)  # - lse
+            t.inplace(big, b * r * w)  # s -= lse
             t.op(big, big)  # exp
             t.op(b * c * dv * w, big, b * r * dv * w)  # p^T @ dout
-            t.op(b * c * dv * w, b * c * dv * w, b * c * dv * w)  # dv_j +
+            t.inplace(b * c * dv * w, b * c * dv * w)  # dv_j +=
             t.op(big, b * r * dv * w, b * c * dv * w)  # dout @ v^T
-            t.op(big, big, b * r * w)  # - delta
-            t.op(big, big, big)  # p * (...)
+            t.inplace(big, b * r * w)  # ds -= delta
+            t.inplace(big, big)  # ds *= p
             t.op(b * r * d * w, big, b * c * d * w)  # ds @ k
-            t.op(b * r * d * w, b * r * d * w)  # * scale
-            t.op(b * r * d * w, b * r * d * w, b * r * d * w)  # dq[b] +
-            t.op(b * c * d * w, big, b * r * d * w)  # ds^T @ q
-            t.op(b * c * d * w, b * c * d * w)  # * scale
-            t.op(b * c * d * w, b * c * d * w, b * c * d * w)  # dk_j +
+            t.inplace(b * r * d * w, b * r * d * w)  # dq[b] +=
+            t.op(b * c * d * w, big, b * r * d * w)  # ds^T @ qs
+            t.inplace(b * c * d * w, b * c * d * w)  # dk_j +=
             w_it = max(w_it, t.since(mark))
             # held by loop variables into the next iteration: keep, p, ds, dk_j, dv_j
             s_prev = max(s_prev, (keep if bm.owns_keep else 0) + 2 * big + b * c * (d + dv) * w)
     grads = b * (n * d + m * d + m * dv) * w
     t.op(b * n * d * w, b * n * d * w) if n else t.op(0)  # concat(dq)
+    t.op(b * n * d * w, b * n * d * w)  # * scale
     t.op(b * m * d * w, b * m * d * w)  # concat(dks)
     t.op(b * m * dv * w, b * m * dv * w)  # concat(dvs)
-    # bound: carried (delta and its temporaries; the gradient blocks, counted twice for the lists
-    # and their concatenations; the current key block's zero-initialised accumulators), one inner
-    # iteration's allocations, and what loop variables hold since the previous iteration.
-    return carried + 2 * grads + b * c_max * (d + dv) * w + s_prev + w_it
+    # bound: carried (delta and its temporaries, the scaled queries; the gradient blocks, counted
+    # twice for the lists and their concatenations, plus the scaled dq; the current key block's
+    # zero-initialised accumulators), one inner iteration's allocations, and what loop variables
+    # hold since the previous iteration.
+    return carried + 2 * grads + b * n * d * w + b * c_max * (d + dv) * w + s_prev + w_it
 
 
 def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl: str = "dense",
@@ -571,42 +601,43 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
     masks cost no flops (``where`` and comparisons). Every count is per batch element; multiply by
     ``B``. If ``m == 0`` both passes only create zeros: 0 flops.
 
-    *Dense forward.* ``2 n m d`` (``Q K^T``) ``+ n m (1 + beta)`` (scale, bias) ``+ n (m - 1)`` (row
-    max) ``+ n m`` (``S - max``) ``+ n (m - 1)`` (row sum) ``+ 2 n m d_v`` (``P V``) ``+ n d_v + n``
-    (``_finish``: ``acc / l`` and ``max + log l``):
+    *Dense forward.* ``n d`` (``s Q``: the scale is folded into the queries) ``+ 2 n m d``
+    (``(sQ) K^T``) ``+ beta n m`` (bias) ``+ n (m - 1)`` (row max) ``+ n m`` (``S -= max``, in
+    place) ``+ n (m - 1)`` (row sum) ``+ 2 n m d_v`` (``P V``) ``+ n d_v + n`` (``_finish``:
+    ``acc / l`` and ``max + log l``):
 
-    .. math:: F = 2 n m (d + d_v) + (4 + \beta) n m + n d_v - n, \qquad T = n m + n
+    .. math:: F = 2 n m (d + d_v) + (3 + \beta) n m + n d + n d_v - n, \qquad T = n m + n
 
     transcendentals (``exp`` of the logits, ``log l``).
 
-    *Blockwise forward.* Per visited block ``2 r c (d + d_v) + (4 + beta) r c`` as above, plus the
-    online-softmax rescaling ``r`` (``maximum``) ``+ r`` (``m_old - m_new``) ``+ 2 r`` (``alpha l +
-    sum``) ``+ 2 r d_v`` (``alpha acc + P V``) minus ``2 r`` (the two row reductions give ``c - 1``
-    per row); ``_finish`` once per query block:
+    *Blockwise forward.* ``s Q`` once (``n d``), then per visited block ``2 r c (d + d_v) + (3 +
+    beta) r c`` as above, plus the online-softmax rescaling ``r`` (``maximum``) ``+ r`` (``m_old -
+    m_new``) ``+ 2 r`` (``l *= alpha; l += sum``) ``+ 2 r d_v`` (``acc *= alpha; acc += P V``) minus
+    ``2 r`` (the two row reductions give ``c - 1`` per row); ``_finish`` once per query block:
 
-    .. math:: F = 2 A (d + d_v) + (4 + \beta) A + 2 R (1 + d_v) + n (d_v + 1), \qquad
+    .. math:: F = 2 A (d + d_v) + (3 + \beta) A + 2 R (1 + d_v) + n (d_v + 1) + n d, \qquad
               T = A + R + n
 
     (``exp`` of each block's logits and of ``m_old - m_new``, ``log l``).
 
-    *Dense backward.* Logits again ``2 n m d + (1 + beta) n m``, ``S - L`` ``n m``, ``delta = sum(O
-    * dO)`` ``n d_v + n max(d_v - 1, 0)``, ``dV = P^T dO`` and ``dP = dO V^T`` ``2 n m d_v`` each,
-    ``dS = P (dP - delta)`` ``2 n m``, ``dQ = s dS K`` ``2 n m d + n d``, ``dK = s dS^T Q``
-    ``2 n m d + m d``:
+    *Dense backward.* Logits again ``n d + 2 n m d + beta n m``, ``S -= L`` ``n m``, ``delta =
+    sum(O * dO)`` ``n d_v + n max(d_v - 1, 0)``, ``dV = P^T dO`` and ``dP = dO V^T`` ``2 n m d_v``
+    each, ``dS = P (dP - delta)`` ``2 n m`` (in place), ``dQ = s dS K`` ``2 n m d + n d``, ``dK =
+    dS^T (s Q)`` ``2 n m d``:
 
-    .. math:: F = 6 n m d + 4 n m d_v + (4 + \beta) n m + n d_v + n \max(d_v - 1, 0) + n d + m d,
+    .. math:: F = 6 n m d + 4 n m d_v + (3 + \beta) n m + n d_v + n \max(d_v - 1, 0) + 2 n d,
               \qquad T = n m .
 
-    *Blockwise backward.* ``delta`` once, then per visited block the dense terms with ``(r, c)``,
-    the ``* scale`` of ``dQ_I`` / ``dK_J`` blocks (``r d``, ``c d``) and the accumulations
-    ``dQ_I +`` (``r d``), ``dK_J +`` (``c d``), ``dV_J +`` (``c d_v``):
+    *Blockwise backward.* ``delta`` and ``s Q`` once, then per visited block the dense terms with
+    ``(r, c)`` (no scaling inside the loop) and the in-place accumulations ``dQ_I +=`` (``r d``),
+    ``dK_J +=`` (``c d``), ``dV_J +=`` (``c d_v``); ``dQ`` is scaled by ``s`` once at the end:
 
-    .. math:: F = 6 A d + 4 A d_v + (4 + \beta) A + 2 R d + C (2 d + d_v) + n d_v
+    .. math:: F = 6 A d + 4 A d_v + (3 + \beta) A + R d + C (d + d_v) + 2 n d + n d_v
               + n \max(d_v - 1, 0), \qquad T = A .
 
     **Peak (upper bound).** Dense: the validation temporaries plus every array the dense path
-    allocates, as if none were freed (the real peak holds about three ``(n, m)`` arrays in the
-    forward pass and four in the backward; the bound counts five to seven). Blockwise: every array
+    allocates or overwrites in place, as if none were freed (the real peak holds two ``(n, m)``
+    arrays in the forward pass and three in the backward; the bound counts four to six). Blockwise: every array
     alive at one time is carried from before the loops, or was made in the current inner iteration
     (or ``_finish``), or is still held by a loop variable from the previous iteration. The bound is
     the sum of the three: the carried arrays (finished blocks' results, counted twice for the lists
@@ -653,18 +684,19 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
     flops = trans = 0
     if m > 0:
         if impl == "dense":
-            flops = 2 * n * m * (d + dv) + (4 + beta) * n * m + n * dv - n
+            flops = 2 * n * m * (d + dv) + (3 + beta) * n * m + n * d + n * dv - n
             trans = n * m + n
         else:
-            flops = 2 * big_a * (d + dv) + (4 + beta) * big_a + 2 * big_r * (1 + dv) + n * (dv + 1)
+            flops = 2 * big_a * (d + dv) + (3 + beta) * big_a + 2 * big_r * (1 + dv) + n * (dv + 1) + n * d
             trans = big_a + big_r + n
         if backward:
             flops += n * dv + n * max(dv - 1, 0)
             if impl == "dense":
-                flops += 6 * n * m * d + 4 * n * m * dv + (4 + beta) * n * m + n * d + m * d
+                flops += 6 * n * m * d + 4 * n * m * dv + (3 + beta) * n * m + 2 * n * d
                 trans += n * m
             else:
-                flops += 6 * big_a * d + 4 * big_a * dv + (4 + beta) * big_a + 2 * big_r * d + big_c * (2 * d + dv)
+                flops += (6 * big_a * d + 4 * big_a * dv + (3 + beta) * big_a + big_r * d + big_c * (d + dv)
+                          + 2 * n * d)
                 trans += big_a
     tally = Tally()
     bm = _ByteModel(tally, b, d, dv, dtype_bytes, masked, offset is not None)
