@@ -1,7 +1,8 @@
 """Shared fixtures: one ``backend`` fixture over every available backend, hypothesis profiles.
 
 Backends: numpy, array_api_strict (its CPU device; the float32-only tests also use its
-``no_float64`` fake device), torch (CPU), cupy (skipped without a GPU). Hypothesis runs with a
+``no_float64`` fake device), torch (CPU), and the GPU ones, torch on CUDA (``torch:cuda``) and cupy,
+both skipped without a GPU. A ``name:device`` entry asks for that device. Hypothesis runs with a
 derandomized profile so every run of the suite draws the same examples.
 """
 
@@ -22,12 +23,13 @@ settings.register_profile(
 settings.register_profile("dev", deadline=None, max_examples=200)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-BACKENDS = ["numpy", "array_api_strict", "torch", "cupy"]
+BACKENDS = ["numpy", "array_api_strict", "torch", "torch:cuda", "cupy"]
 
 
-def _get(name: str, device=None) -> backends.Backend:
+def _get(spec: str) -> backends.Backend:
+    name, _, device = spec.partition(":")
     try:
-        return backends.get(name, device)
+        return backends.get(name, device or None)
     except backends.BackendUnavailable as exc:
         pytest.skip(str(exc))
 
@@ -41,8 +43,7 @@ def backend(request) -> backends.Backend:
 @pytest.fixture(params=[*BACKENDS, "array_api_strict:no_float64"])
 def backend32(request) -> backends.Backend:
     """Every backend including array_api_strict's device without float64 (float32 tests)."""
-    name, _, dev = request.param.partition(":")
-    return _get(name, dev or None)
+    return _get(request.param)
 
 
 @pytest.fixture
