@@ -46,7 +46,7 @@ O_i . dO_i``): with the augmented values ``[V, 1]`` the numerator and normaliser
 ``N = phi(Q) (phi(K)^T [V, 1])``; the cotangent of ``N`` is ``[dO / den, -delta / den]`` and the
 cotangents of ``phi(Q)``, ``phi(K)``, ``[V, 1]`` are those of a product (causal: of
 :func:`causal_dot`, i.e. :func:`causal_dot_backward`). Through the units (``s = sigmoid``,
-``Softplus' = s``, ``s' = s(1 - s)``, with ``1 - s(x) = s(-x)`` computed without cancellation):
+``Softplus' = s``, ``s' = s(1 - s) = s(x) s(-x) = e / (1 + e)^2`` with ``e = exp(-|x|)``: no cancellation):
 ``Y = Softplus(A)``: ``dA = dY (.) s(A)``; output gated ``Y = Softplus(A) (.) s(B)``:
 ``dA = dY (.) s(B) (.) s(A)``, ``dB = dY (.) Softplus(A) (.) s(B) (.) s(-B)``; hidden gated
 ``Y = A (.) s(B)``: ``dA = dY (.) s(B)``, ``dB = dY (.) A (.) s(B) s(-B)``; then for ``A = X W``:
@@ -170,15 +170,20 @@ def _sigmoid(xp: Any, b: Any) -> tuple[Any, Any]:
     return s, e
 
 
-def _sig_pair(xp: Any, x: Any, e: Any) -> tuple[Any, Any]:
-    """``(sigmoid(x), sigmoid(-x))`` from ``e = exp(-|x|)``, both without cancellation (as
-    :func:`_sigmoid`: ``max([x >= 0], e) / (1 + e)`` and ``max([x < 0], e) / (1 + e)``)."""
+def _sig_from(xp: Any, x: Any, e: Any) -> Any:
+    """``sigmoid(x)`` from ``e = exp(-|x|)`` (as :func:`_sigmoid`)."""
+    s = xp.maximum(xp.astype(x >= 0, x.dtype), e)
+    s /= e + 1.0
+    return s
+
+
+def _dsig(xp: Any, e: Any) -> Any:
+    """``sigmoid'(x) = sigmoid(x) sigmoid(-x) = e / (1 + e)^2`` from ``e = exp(-|x|)`` (even in
+    ``x``: no cancellation, no sign test)."""
     t = 1.0 / (e + 1.0)
-    sp = xp.maximum(xp.astype(x >= 0, x.dtype), e)
-    sp *= t
-    sn = xp.maximum(xp.astype(x < 0, x.dtype), e)
-    sn *= t
-    return sp, sn
+    g = e * t
+    g *= t
+    return g
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,27 +239,26 @@ def _phi_backward(xp: Any, caches: list[_UnitCache], units: list[tuple[str, tupl
     for c, (_, w) in zip(reversed(caches), reversed(units)):
         ht = _mT(xp, c.h)
         if c.kind == "ffn":
-            sa = _sig_pair(xp, c.a, c.ea)[0]
-            da = dy * sa
+            da = dy * _sig_from(xp, c.a, c.ea)
             dws = [ht @ da, *dws]
             dy = da @ _mT(xp, w[0])
             continue
-        sb, sbn = _sig_pair(xp, c.b, c.eb)
+        g = _dsig(xp, c.eb)
+        da = dy * c.sb
         if c.output:
-            sa = _sig_pair(xp, c.a, c.ea)[0]
-            da = dy * sb * sa
-            db = dy * c.spa * (sb * sbn)
+            da *= _sig_from(xp, c.a, c.ea)
+            db = dy * c.spa
         else:
-            da = dy * sb
-            db = dy * c.a * (sb * sbn)
+            db = dy * c.a
+        db *= g
         dx = da @ _mT(xp, w[0])
         if c.kind == "aoglu":
             dha = db @ _mT(xp, w[2])
             dws = [ht @ da, ht @ dha, _mT(xp, c.ha) @ db, *dws]
-            dx = dx + dha @ _mT(xp, w[1])
+            dx += dha @ _mT(xp, w[1])
         else:
             dws = [ht @ da, ht @ db, *dws]
-            dx = dx + db @ _mT(xp, w[1])
+            dx += db @ _mT(xp, w[1])
         dy = dx
     return dy, dws
 
