@@ -142,20 +142,26 @@ def grads_type(kernel: Any) -> type:
 def _softplus(xp: Any, a: Any) -> tuple[Any, Any]:
     """``Softplus(a) = max(a, 0) + log1p(e)`` and ``e = exp(-|a|)`` (kept for the sigmoid).
 
-    ``log1p(e)`` is evaluated as ``log(u) - ((u - 1) - e) / u`` with ``u = 1 + e`` rounded: ``u - 1``
-    is exact (Sterbenz) and ``(u - 1) - e`` is the rounding error of ``1 + e``, so the correction
-    removes it to first order (a few ulps for every ``e`` in ``[0, 1]``; ``e`` exactly when ``1 + e``
-    rounds to 1). It replaces one ``log1p`` (NumPy's is 2.5x slower than its ``log`` in float32) by a
-    ``log`` and four cheap passes; no ``where`` (NumPy's is slow on unpredictable conditions).
+    ``log1p(e)`` is evaluated as ``log(u) - ((u - 1) - e)`` with ``u = 1 + e`` rounded: ``u - 1`` is
+    exact (Sterbenz) and ``c = (u - 1) - e`` is the rounding error of ``1 + e`` (exact), and
+    ``log1p(e) = log(u) - log(1 + c / (1 + e))``. Dropping the second-order term and the factor
+    ``1 / (1 + e)`` leaves an error ``<= |c| e / (1 + e) <= (ulp(1) / 2) e / (1 + e)``, less than half
+    an ulp of ``log1p(e) >= e / (1 + e)``: a few ulps in all, for every ``e`` in ``[0, 1]`` (``e``
+    exactly when ``1 + e`` rounds to 1). This replaces one ``log1p`` (NumPy's is 2.5x slower than
+    its ``log`` in float32) by a ``log`` and three cheap passes; no ``where`` (NumPy's is slow on
+    unpredictable conditions); one scratch array reused in place (fresh large temporaries cost page
+    faults).
     """
     zero = xp.zeros((), dtype=a.dtype, device=device(a))
-    e = xp.exp(-xp.abs(a))
-    u = e + 1.0
-    y = xp.log(u)
-    c = u - 1.0
-    c -= e
-    c /= u
-    y -= c
+    t = xp.abs(a)
+    t *= -1.0
+    e = xp.exp(t)
+    t[...] = e
+    t += 1.0  # u = 1 + e
+    y = xp.log(t)
+    t -= 1.0
+    t -= e  # c = (u - 1) - e
+    y -= t
     y += xp.maximum(a, zero)
     return y, e
 
@@ -163,10 +169,13 @@ def _softplus(xp: Any, a: Any) -> tuple[Any, Any]:
 def _sigmoid(xp: Any, b: Any) -> tuple[Any, Any]:
     """``sigmoid(b)`` and ``e = exp(-|b|)``, without overflow: ``1/(1+e)`` (``b >= 0``) or ``e/(1+e)``,
     as ``max([b >= 0], e) / (1 + e)`` (``e <= 1``): no ``where``."""
-    e = xp.exp(-xp.abs(b))
-    t = 1.0 / (e + 1.0)
+    t = xp.abs(b)
+    t *= -1.0
+    e = xp.exp(t)
     s = xp.maximum(xp.astype(b >= 0, b.dtype), e)
-    s *= t
+    t[...] = e
+    t += 1.0
+    s /= t
     return s, e
 
 
@@ -180,10 +189,9 @@ def _sig_from(xp: Any, x: Any, e: Any) -> Any:
 def _dsig(xp: Any, e: Any) -> Any:
     """``sigmoid'(x) = sigmoid(x) sigmoid(-x) = e / (1 + e)^2`` from ``e = exp(-|x|)`` (even in
     ``x``: no cancellation, no sign test)."""
-    t = 1.0 / (e + 1.0)
-    g = e * t
-    g *= t
-    return g
+    u = e + 1.0
+    u *= u
+    return e / u
 
 
 # ----------------------------------------------------------------------------------------------
@@ -578,15 +586,15 @@ def _phi_cost(units: list[tuple[str, int, int, int]], rows: int) -> tuple[int, i
     for i, (u, di, do, r) in enumerate(units):
         el = rows * do
         if u == "ffn":
-            flops += 2 * rows * di * do + 9 * el
+            flops += 2 * rows * di * do + 8 * el
             trans += 2 * el
             continue
         mm = 2 * rows * di * do + (2 * rows * di * r + 2 * rows * r * do if u == "aoglu" else 2 * rows * di * do)
-        if i == last:  # sigmoid 6, softplus 9, product 1
-            flops += mm + 16 * el
+        if i == last:  # sigmoid 5, softplus 8, product 1
+            flops += mm + 14 * el
             trans += 3 * el
-        else:  # sigmoid 6, product 1
-            flops += mm + 7 * el
+        else:  # sigmoid 5, product 1
+            flops += mm + 6 * el
             trans += el
     return flops, trans
 
@@ -597,9 +605,9 @@ def cost(n: int, m: int, d: int, dv: int, *, kernel: Any = "glu", rank: int | No
     r"""Closed-form forward cost of :func:`kernel_attention` (exact under :mod:`refattn.cost`'s rules).
 
     Per batch element (``D`` the feature dimension, ``e = dv + 1``), the feature maps of ``n`` query and
-    ``m`` key rows (per unit with ``N`` rows: FFN ``2 N d_in d_out + 9 N d_out`` flops and ``2 N d_out``
-    transcendentals; output GLU/OGLU ``4 N d_in d_out + 16 N d_out`` and ``3 N d_out``; hidden
-    ``4 N d_in d_out + 7 N d_out`` and ``N d_out``; AOGLU replaces one ``2 N d_in d_out`` by
+    ``m`` key rows (per unit with ``N`` rows: FFN ``2 N d_in d_out + 8 N d_out`` flops and ``2 N d_out``
+    transcendentals; output GLU/OGLU ``4 N d_in d_out + 14 N d_out`` and ``3 N d_out``; hidden
+    ``4 N d_in d_out + 6 N d_out`` and ``N d_out``; AOGLU replaces one ``2 N d_in d_out`` by
     ``2 N r (d_in + d_out)``), then the shared core
     (:func:`refattn.methods._kernelized.kernelized_flops`): non-causal ``2 D m e + 2 n D e`` or, causal
     (``n == m``), :func:`causal_dot` over chunks of length ``c``:
