@@ -121,13 +121,13 @@ def _sync(backend: Any, peer_device: str):
     return sync
 
 
-HEADER = (f"{'method':<20}{'peer':<8}{'dtype':<9}{'pass':<9}{'n':>6}{'refattn ms':>12}{'peer ms':>10}"
+HEADER = (f"{'method':<20}{'peer':<10}{'dtype':<9}{'pass':<9}{'n':>6}{'refattn ms':>12}{'peer ms':>10}"
           f"{'ratio':>8}  {'IQR':<13}")
 
 
 def fmt_row(r: dict[str, Any]) -> str:
     flag = " *" if r["ratio"] > 1.5 else ""
-    return (f"{r['method']:<20}{r['peer']:<8}{r['dtype']:<9}{r['pass']:<9}{r['n']:>6}{r['t_refattn_ms']:>12.2f}"
+    return (f"{r['method']:<20}{r['peer']:<10}{r['dtype']:<9}{r['pass']:<9}{r['n']:>6}{r['t_refattn_ms']:>12.2f}"
             f"{r['t_peer_ms']:>10.2f}{r['ratio']:>8.2f}  [{r['q1']:.2f}, {r['q3']:.2f}]{flag}")
 
 

@@ -11,8 +11,9 @@ Sylvester's Hadamard matrices (defined for ``c = 2^p`` only):
 orthogonal, symmetric and an involution; it preserves norms and inner products.
 
 :func:`fwht` applies ``H_c`` (``normalized=False``) or ``H_c / sqrt(c)`` (default) along one axis
-without forming the matrix: ``p = log2 c`` butterfly stages, each pairing entries ``h = 2^s`` apart
-(``a, b -> a + b, a - b``), written as a reshape of the axis into ``(c / 2h, 2, h)``. Each stage costs
+without forming the matrix: ``p = log2 c`` butterfly stages ``(a, b -> a + b, a - b)``, each
+pairing adjacent entries and writing the sums and the differences as contiguous halves (the
+constant-geometry form; see :func:`_butterflies` for why that is ``H_c``). Each stage costs
 ``c/2`` additions and ``c/2`` subtractions per vector, so the transform costs exactly ``c log2 c``
 flops per vector, plus ``c`` multiplications for the ``1/sqrt(c)`` normalisation (:func:`fwht_cost`).
 No ``c x c`` array is ever stored (004, Fig. 3: "FWHT requires zero stored weights").
@@ -213,20 +214,25 @@ def backend_primitive(xp: Any, name: str = "fwht") -> Callable[..., Any] | None:
 def _butterflies(xp: Any, x: Any, axis: int) -> Any:
     """Unnormalised ``H_c x`` along ``axis`` (``c`` a power of two): ``log2 c`` butterfly stages.
 
-    The array is viewed as ``(P, c, Q)``; stage ``h`` views it as ``(P, c / 2h, 2, h, Q)`` and maps
-    the pair ``(a, b)`` (entries ``h`` apart) to ``(a + b, a - b)``. Stage order does not matter:
-    ``H_c = H_2 (x) ... (x) H_2`` and each stage applies one Kronecker factor.
+    The array is viewed as ``(P, c, Q)``. Every stage is the same (the constant-geometry, Pease
+    form): view the axis as ``(c / 2, 2)``, take the pairs ``(a_i, b_i) = (y_{2i}, y_{2i+1})`` and
+    write ``y' = [a + b, a - b]`` (sums in the first half, differences in the second). One stage
+    is ``S (I_{c/2} (x) H_2)`` with ``S`` the permutation ``(i, t) -> t c/2 + i``; since
+    ``S (I (x) H_2) S^T = H_2 (x) I`` and ``S^p = I`` for ``c = 2^p`` (``S`` rotates the ``p`` bits
+    of the index), ``log2 c`` stages give ``H_2 (x) ... (x) H_2 = H_c``. The outputs are written in
+    contiguous halves (NumPy's elementwise loops are slow on the short inner runs that the in-place
+    stage ``h = 2, 4`` of the textbook form produces); the flops are the same ``c/2`` additions and
+    ``c/2`` subtractions per stage.
     """
     shape = tuple(x.shape)
     c = shape[axis]
     pre, post = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
     y = x
-    h = 1
-    while h < c:
-        y = xp.reshape(y, (pre, c // (2 * h), 2, h, post))
-        a, b = y[..., 0, :, :], y[..., 1, :, :]
-        y = xp.stack((a + b, a - b), axis=2)
-        h *= 2
+    h = c // 2
+    for _ in range(c.bit_length() - 1):
+        y = xp.reshape(y, (pre, h, 2, post))
+        a, b = y[:, :, 0, :], y[:, :, 1, :]
+        y = xp.concat((a + b, a - b), axis=1)
     return xp.reshape(y, shape)
 
 
@@ -254,7 +260,10 @@ def _transform(xp: Any, x: Any, axis: int, c_pad: int, normalized: bool, impl: s
         raise ValueError(msg)
     y = prim(x, axis=axis) if prim is not None else _butterflies(xp, x, axis)
     if normalized and c_pad > 1:
-        y = y * (1.0 / math.sqrt(c_pad))
+        if prim is None:  # the butterflies returned a new array (c_pad >= 2): scale it in place
+            y *= 1.0 / math.sqrt(c_pad)
+        else:
+            y = y * (1.0 / math.sqrt(c_pad))
     return y
 
 

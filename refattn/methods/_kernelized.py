@@ -192,31 +192,41 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False
     numer = num[..., :dv]
     if normalizer == "nonzero":
         valid = r != 0
-        bad = (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
+
+        def bad_rows() -> Any:  # only when a report is due and some r <= 0 (sign-indefinite features)
+            return (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
+
         what = "<= 0"
         why = ("the feature map is not non-negative (e.g. 'identity'), so the output is not a weighted "
                "average of the values. Use a non-negative feature map, a larger eps, or "
                "on_nonpositive='warn'/'ignore'")
     elif normalizer == "positive":
         valid = (r > 0) & xp.isfinite(r) & xp.all(xp.isfinite(numer), axis=-1)
-        empty = _empty_rows(xp, key_keep, n, m, offset, device(v))
-        bad = ~valid if empty is None else ~(valid | empty)
+
+        def bad_rows() -> Any:
+            empty = _empty_rows(xp, key_keep, n, m, offset, device(v))
+            return ~valid if empty is None else ~(valid | empty)
+
         what = "that is not positive and finite"
         why = "these rows are returned as zeros"
     else:
         msg = f"normalizer must be one of {NORMALIZER_RULES}, got {normalizer!r}"
         raise ValueError(msg)
-    if on_nonpositive != "ignore" and bool(xp.any(bad)):
-        if callable(on_nonpositive):
-            on_nonpositive(xp, bad, r)
-        else:
-            count = int(xp.sum(xp.astype(bad, xp.int64)))
-            msg = (f"{method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps {what} "
-                   f"(out of {math.prod(r.shape)}); {why}")
-            if on_nonpositive == "raise":
-                raise ValueError(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    if bool(xp.all(valid)):  # the common case (every row has a usable normaliser): one division
+    all_valid = bool(xp.all(valid))
+    # the checks (and the (n, dv) pass of bad_rows) run only when a report can be due
+    if on_nonpositive != "ignore" and not (all_valid and (normalizer == "positive" or bool(xp.all(r > 0)))):
+        bad = bad_rows()
+        if bool(xp.any(bad)):
+            if callable(on_nonpositive):
+                on_nonpositive(xp, bad, r)
+            else:
+                count = int(xp.sum(xp.astype(bad, xp.int64)))
+                msg = (f"{method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps "
+                       f"{what} (out of {math.prod(r.shape)}); {why}")
+                if on_nonpositive == "raise":
+                    raise ValueError(msg)
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    if all_valid:  # the common case (every row has a usable normaliser): one division
         out = numer / r[..., None]
     else:
         safe = xp.where(valid, r, 1.0)
