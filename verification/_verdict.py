@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 __all__ = ["Verdict", "Context", "claim", "REGISTRY", "STATUSES", "Figure"]
 
 STATUSES = ("holds", "holds-conditionally", "fails", "not-checkable")
@@ -66,6 +68,14 @@ class Context:
 
     quick: bool
     backend: Any
+
+    def to_host(self, a: Any) -> np.ndarray:
+        """A backend array as a host NumPy array."""
+        return self.backend.to_host(a)
+
+    def asarray(self, a: Any) -> Any:
+        """A host array (or nested sequence) on the backend, in float64."""
+        return self.backend.asarray(np.asarray(a, dtype=np.float64))
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,6 @@ U = 2.0**-53
 PAPER = "000"
 
 
-def _np(ctx, a):
-    return ctx.backend.to_host(a)
-
-
-def _as(ctx, a):
-    return ctx.backend.asarray(np.asarray(a, dtype=np.float64))
-
-
 # ----------------------------------------------------------------------------------------------
 
 @claim("heat-eq10", paper=PAPER, source="000 (Catapang), sec. III-B, eq. (10)",
@@ -73,11 +65,11 @@ def eq10(ctx):
         a = np.zeros((p, c))
         a[np.arange(p)[cols >= 0], cols[cols >= 0]] = 1.0
         x, y = rs.standard_normal(c), rs.standard_normal(c)
-        char_ok += heat.eq10_holds(_as(ctx, a))
+        char_ok += heat.eq10_holds(ctx.asarray(a))
         holds_ok += np.array_equal(a @ (x * y), (a @ x) * (a @ y))
         b = a.copy()
         b[rs.integers(p), rs.integers(c)] = float(rs.choice([-1.0, 2.0, 0.5]))
-        if not heat.eq10_holds(_as(ctx, b)):
+        if not heat.eq10_holds(ctx.asarray(b)):
             row = next(j for j in range(p) if np.count_nonzero(b[j]) > 1 or
                        (np.count_nonzero(b[j]) == 1 and b[j][b[j] != 0][0] != 1))
             nz = np.flatnonzero(b[row])
@@ -117,7 +109,7 @@ def eq5(ctx):
         svd = np.linalg.svd(a)
         ranks = range(1, k + 1) if k <= 8 else sorted({1, 2, 3, k // 4, k // 2, k - 1, k})
         for r in ranks:
-            ar = _np(ctx, heat.truncate(_as(ctx, a), rank=r))
+            ar = ctx.to_host(heat.truncate(ctx.asarray(a), rank=r))
             e2 = abs(np.linalg.norm(a - ar, 2) - (s[r] if r < k else 0.0)) / tol2
             ef = abs(np.linalg.norm(a - ar, "fro") - np.sqrt(np.sum(s[r:] ** 2))) / tolf
             worst_2, worst_f = max(worst_2, e2), max(worst_f, ef)
@@ -274,8 +266,8 @@ def eq3(ctx):
     mats = []
     for _ in range(2):
         x = rs.standard_normal((n, d))
-        p = refattn.softmax_attention(_as(ctx, x @ wq), _as(ctx, x @ wk), _as(ctx, eye))  # V = I gives P
-        mats.append(_np(ctx, p))
+        p = refattn.softmax_attention(ctx.asarray(x @ wq), ctx.asarray(x @ wk), ctx.asarray(eye))  # V = I gives P
+        mats.append(ctx.to_host(p))
     diff = np.abs(mats[0] - mats[1]).max()
     evidence = (f"With the same parameters W_Q, W_K and two inputs X₁, X₂, refattn.softmax_attention with V = I "
                 f"returns the attention matrices A = softmax(X W_Q (X W_K)ᵀ/√d); they differ by up to {diff:.3f}. "
@@ -304,7 +296,7 @@ def eq6(ctx):
         for _ in range(trials):
             b = _competitor(rs, a, r, svd)
             worst_better += obj(b) < obj(x6) - 64 * U * obj(x6) * p
-        ar = _np(ctx, heat.truncate(_as(ctx, a), rank=r))
+        ar = ctx.to_host(heat.truncate(ctx.asarray(a), rank=r))
         err6, err4 = np.linalg.norm(a - x6, "fro") ** 2, np.linalg.norm(a - ar, "fro") ** 2
         predicted = np.sum(np.minimum(sv[:r], lam / 2) ** 2)
         rows.append((lam, err6, err4, err6 - err4, predicted))
@@ -325,18 +317,18 @@ def eq8(ctx):
     n, d = (128, 32) if ctx.quick else (512, 64)
     rs = np.random.default_rng(7)
     q, k, v = (rs.standard_normal((n, d)) for _ in range(3))
-    args = tuple(_as(ctx, a) for a in (q, k, v))
-    exact = _np(ctx, refattn.softmax_attention(*args))
+    args = tuple(ctx.asarray(a) for a in (q, k, v))
+    exact = ctx.to_host(refattn.softmax_attention(*args))
     ranks = sorted({1, 2, 4, 8, d // 4, d // 2, 3 * d // 4, d - 1, d})
     series = {}
     for reading, basis in (("logits", "k"), ("features", "k"), ("features", "qk")):
         name = reading if reading == "logits" else f"features-{basis}"
         errs = []
         for r in ranks:
-            out = _np(ctx, heat.heat_attention(*args, rank=r, reading=reading, basis=basis))
+            out = ctx.to_host(heat.heat_attention(*args, rank=r, reading=reading, basis=basis))
             errs.append(float(np.linalg.norm(out - exact) / np.linalg.norm(exact)))
         series[name] = errs
-    had = _np(ctx, heat.heat_attention(*args, reading="hadamard"))
+    had = ctx.to_host(heat.heat_attention(*args, reading="hadamard"))
     had_err = float(np.linalg.norm(had - exact) / np.linalg.norm(exact))
     full_ok = all(s[-1] < 1e-10 for s in series.values())
     mono = all(all(b <= a * (1 + 1e-9) for a, b in zip(s, s[1:])) for s in series.values())
@@ -363,14 +355,14 @@ def exact_hadamard(ctx):
     rs = np.random.default_rng(8)
     n, d = 16, 8
     q, k, v = (rs.standard_normal((n, d)) for _ in range(3))
-    args = tuple(_as(ctx, a) for a in (q, k, v))
-    exact = _np(ctx, refattn.softmax_attention(*args))
-    had = _np(ctx, heat.heat_attention(*args, reading="hadamard"))
+    args = tuple(ctx.asarray(a) for a in (q, k, v))
+    exact = ctx.to_host(refattn.softmax_attention(*args))
+    had = ctx.to_host(heat.heat_attention(*args, reading="hadamard"))
     diff = float(np.abs(had - exact).max())
     q1, k1, v1 = (rs.standard_normal((n, 1)) for _ in range(3))
-    a1 = tuple(_as(ctx, a) for a in (q1, k1, v1))
-    d1 = float(np.abs(_np(ctx, heat.heat_attention(*a1, reading="hadamard"))
-                      - _np(ctx, refattn.softmax_attention(*a1))).max())
+    a1 = tuple(ctx.asarray(a) for a in (q1, k1, v1))
+    d1 = float(np.abs(ctx.to_host(heat.heat_attention(*a1, reading="hadamard"))
+                      - ctx.to_host(refattn.softmax_attention(*a1))).max())
     evidence = ("The paper never defines the baseline. Under eq. (7) (x ⊙ y := x · yᵀ) its logits are Q Kᵀ and it IS "
                 "the vanilla transformer, contradicting Table I. Under refattn's reading (the Hadamard product "
                 "q_i ⊙ k_j replaces the dot product: a softmax per channel, O_ic = Σ_j softmax_j(s q_ic k_jc) v_jc) it "

@@ -21,14 +21,6 @@ U = 2.0**-53
 PAPER = "002"
 
 
-def _np(ctx, a):
-    return ctx.backend.to_host(a)
-
-
-def _as(ctx, a):
-    return ctx.backend.asarray(np.asarray(a, dtype=np.float64))
-
-
 @claim("glu-param", paper=PAPER, source="002 (Yorsh & Kovalenko), 'Gating' paragraph",
        statement="We used the matrices of rank r = n/4 to approximate the gate, reducing the layer "
                  "parametrization by 25%")
@@ -65,18 +57,19 @@ def ffn_pos(ctx):
         q, k, v = (scale * rs.standard_normal((2, 16, d)) for _ in range(3))
         params = K.init_params(kern, d, rng=int(rs.integers(2**31)), backend=ctx.backend)
         for causal in (False, True):
-            _, res = K.forward(*(_as(ctx, a) for a in (q, k, v)), *params, kernel=kern, causal=causal)
-            den = _np(ctx, res.den1)
-            pos = _np(ctx, res.pos)
+            _, res = K.forward(*(ctx.asarray(a) for a in (q, k, v)), *params, kernel=kern, causal=causal)
+            den = ctx.to_host(res.den1)
+            pos = ctx.to_host(res.pos)
             nonpos += int(np.sum(~pos))
             min_den = min(min_den, float(den.min()))
     # the float64 edge: Softplus(x) = log1p(exp(x)) underflows to 0 below about -745
     edge = []
     for x in (-700.0, -745.0, -746.0):
-        edge.append((x, float(_np(ctx, K.feature_map(_as(ctx, [[x]]), _as(ctx, [[1.0]]), kernel="ffn"))[0, 0])))
+        phi = K.feature_map(ctx.asarray([[x]]), ctx.asarray([[1.0]]), kernel="ffn")
+        edge.append((x, float(ctx.to_host(phi)[0, 0])))
     qn = np.full((4, 2), -800.0)
-    out = _np(ctx, K.kernel_attention(_as(ctx, qn), _as(ctx, qn), _as(ctx, np.ones((4, 1))), _as(ctx, np.eye(2)),
-                                      kernel="ffn"))
+    out = ctx.to_host(K.kernel_attention(ctx.asarray(qn), ctx.asarray(qn), ctx.asarray(np.ones((4, 1))),
+                                         ctx.asarray(np.eye(2)), kernel="ffn"))
     ok = nonpos == 0
     evidence = (f"Softplus(x) = log(1 + eˣ) > 0 and sigmoid(x) > 0 for every real x, so every feature of the FFN and "
                 f"of the output GLU/OGLU/AOGLU unit is positive and the normaliser φ(q_i)ᵀΣ_j φ(k_j) is a sum of "
@@ -122,14 +115,14 @@ def kern_factor(ctx):
     for kern in ("ffn", "glu", "aoglu", ("glu", "glu")):
         params = K.init_params(kern, d, rng=2, backend=ctx.backend)
         q, k, v = rs.standard_normal((n, d)), rs.standard_normal((n, d)), rs.standard_normal((n, dv))
-        aq, ak, av = (_as(ctx, a) for a in (q, k, v))
-        fq, fk = (_np(ctx, K.feature_map(a, *params, kernel=kern)) for a in (aq, ak))
+        aq, ak, av = (ctx.asarray(a) for a in (q, k, v))
+        fq, fk = (ctx.to_host(K.feature_map(a, *params, kernel=kern)) for a in (aq, ak))
         for causal in (False, True):
             kap = fq @ fk.T
             if causal:
                 kap = np.tril(kap)
             want = (kap @ v) / kap.sum(-1, keepdims=True)
-            got = _np(ctx, K.kernel_attention(aq, ak, av, *params, kernel=kern, causal=causal))
+            got = ctx.to_host(K.kernel_attention(aq, ak, av, *params, kernel=kern, causal=causal))
             gamma = (d + n) * U / (1 - (d + n) * U)
             bound = 4 * gamma * (kap @ np.abs(v)) / kap.sum(-1, keepdims=True)
             worst = max(worst, float(np.max(np.abs(got - want) / bound)))
@@ -190,12 +183,12 @@ def oglu_init(ctx):
     worst = 0.0
     for d in ds:
         w = K.init_params("oglu", d, rng=d, backend=ctx.backend)[0]
-        pen = float(_np(ctx, K.orthogonality_penalty(w)))
+        pen = float(ctx.to_host(K.orthogonality_penalty(w)))
         worst = max(worst, pen / (d**2 * (8 * d * U) ** 2))
     h2 = np.array([[1.0, 1.0], [1.0, -1.0]])
     h8 = np.kron(np.kron(h2, h2), h2) / np.sqrt(8)
-    exact = float(_np(ctx, K.orthogonality_penalty(_as(ctx, np.kron(h2, h2) / 2))))
-    g = _np(ctx, refattn.vjp(K.orthogonality_penalty, _as(ctx, h8))[1](_as(ctx, 1.0)).dw)
+    exact = float(ctx.to_host(K.orthogonality_penalty(ctx.asarray(np.kron(h2, h2) / 2))))
+    g = ctx.to_host(refattn.vjp(K.orthogonality_penalty, ctx.asarray(h8))[1](ctx.asarray(1.0)).dw)
     evidence = (f"refattn.methods.kernels.init_params draws W_f Haar-orthogonal (refattn.random.orthogonal, sign-fixed "
                 f"QR): the regulariser ‖W_fᵀW_f − I‖_F² is at most {worst:.2g} of the rounding bound d²(8du)² for d in "
                 f"{ds}; it is exactly 0 for exactly representable orthogonal matrices (H₄/2: {exact}) and its "
