@@ -55,7 +55,7 @@ __all__ = [
     "resolve_scale",
     "check_positive_int",
     "validate_qkv",
-    "compute_dtype",
+    "compute_dtype", "to_working",
 ]
 
 
@@ -222,6 +222,15 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
     if name.endswith("float16"):  # float16 and bfloat16 (not every namespace has them)
         return xp.float32
     return dtype
+
+
+def to_working(xp: Any, *arrays: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``(work, arrays)``: the working precision of the (validated, same-dtype) arrays, see
+    :func:`compute_dtype`, and the arrays cast to it (returned as given when no cast is needed)."""
+    work = compute_dtype(xp, arrays[0].dtype)
+    if work == arrays[0].dtype:
+        return work, arrays
+    return work, tuple(xp.astype(a, work) for a in arrays)
 
 
 def validate_qkv(q: Any, k: Any, v: Any, *, check_finite_inputs: bool = False,

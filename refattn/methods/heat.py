@@ -112,6 +112,7 @@ from .._xp import (
     device,
     namespace,
     resolve_scale,
+    to_working,
     unbroadcast,
     validate_qkv,
 )
@@ -500,9 +501,7 @@ def forward(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str 
     n, d, m, dvd = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     scale = resolve_scale(scale, d)
     dtype = q.dtype
-    work = compute_dtype(xp, dtype)
-    if work != dtype:
-        q, k, v = (xp.astype(a, work) for a in (q, k, v))
+    work, (q, k, v) = to_working(xp, q, k, v)
     shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))
     skw = {"mask": mask, "causal": causal, "key_lengths": key_lengths, "impl": impl,
            "block_q": block_q, "block_k": block_k}

@@ -84,10 +84,10 @@ from .._masks import key_padding_keep, make_mask
 from .._vjp import defvjp
 from .._xp import (
     check_positive_int,
-    compute_dtype,
     device,
     namespace,
     resolve_scale,
+    to_working,
     unbroadcast,
     validate_qkv,
 )
@@ -236,9 +236,7 @@ def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str =
     n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
     s = _linear_scale(scale, d)
     dtype = q.dtype
-    work = compute_dtype(xp, dtype)
-    if work != dtype:
-        q, k, v = (xp.astype(a, work) for a in (q, k, v))
+    work, (q, k, v) = to_working(xp, q, k, v)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
                      batch=batch, dtype=work)
     keep = key_padding_keep(xp, spec, device(q), method="linear attention")
@@ -380,9 +378,7 @@ def efficient_forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
     n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
     s = _linear_scale(scale, d)
     dtype = q.dtype
-    work = compute_dtype(xp, dtype)
-    if work != dtype:
-        q, k, v = (xp.astype(a, work) for a in (q, k, v))
+    work, (q, k, v) = to_working(xp, q, k, v)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
                      batch=batch, dtype=work)
     if spec.causal_offset is not None:

@@ -129,10 +129,10 @@ from .._xp import (
     check_float_array,
     check_positive_int,
     check_same_namespace_device,
-    compute_dtype,
     device,
     namespace,
     resolve_scale,
+    to_working,
     unbroadcast,
     validate_qkv,
 )
@@ -256,10 +256,8 @@ def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
         _check_finite_array("x", x, xp)
         _check_finite_array("W", w, xp)
     dtype = x.dtype
-    work = compute_dtype(xp, dtype)
     shapes = (tuple(x.shape), tuple(w.shape))
-    if work != dtype:
-        x, w = xp.astype(x, work), xp.astype(w, work)
+    work, (x, w) = to_working(xp, x, w)
     n_freq = w.shape[-2]
     u, t = _exponent(xp, kind, x, w)
     share = None
@@ -483,10 +481,8 @@ def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", ke
         for name, a in (("q", q), ("k", k), ("v", v), ("W", w)):
             _check_finite_array(name, a, xp)
     dtype = q.dtype
-    work = compute_dtype(xp, dtype)
     shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(w.shape))
-    if work != dtype:
-        q, k, v, w = (xp.astype(a, work) for a in (q, k, v, w))
+    work, (q, k, v, w) = to_working(xp, q, k, v, w)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
                      batch=batch, dtype=work)
     is_causal = spec.causal_offset is not None

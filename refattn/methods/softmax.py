@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 from .._masks import MaskSpec, _causal_offset, make_mask, mask_block
 from .._vjp import defvjp
-from .._xp import check_positive_int, compute_dtype, device, resolve_scale, unbroadcast, validate_qkv
+from .._xp import check_positive_int, device, resolve_scale, to_working, unbroadcast, validate_qkv
 
 __all__ = ["softmax_attention", "forward", "backward", "cost", "Residuals", "Grads", "IMPLS",
            "DEFAULT_BLOCK_Q", "DEFAULT_BLOCK_K", "AUTO_DENSE_LIMIT_BYTES"]
@@ -227,9 +227,7 @@ def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str =
     n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
     scale = resolve_scale(scale, d)
     dtype = q.dtype
-    work = compute_dtype(xp, dtype)
-    if work != dtype:
-        q, k, v = (xp.astype(a, work) for a in (q, k, v))
+    work, (q, k, v) = to_working(xp, q, k, v)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
                      batch=batch, dtype=work)
     if impl == "auto":
