@@ -31,7 +31,7 @@ import refattn
 
 from . import hadamard, heat, kernels, linear, linformer, nystrom, random_features, softmax
 from ._case import Case, Sizes
-from ._timing import interleaved, median, summary
+from ._timing import interleaved, median, set_allocator, summary
 
 CASES: list[Case] = [c for mod in (softmax, linear, linformer, random_features, nystrom, heat, kernels, hadamard)
                      for c in mod.CASES]
@@ -157,6 +157,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="torch.set_num_threads (default: the cores, as OpenBLAS uses)")
     p.add_argument("--out", default=None, help="write the rows and the machine to this JSON file")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
+    p.add_argument("--allocator", choices=["reuse", "system"], default="reuse",
+                   help="reuse: large freed blocks stay in the heap (glibc mallopt), so no size pays page "
+                        "faults per call; system: glibc's defaults (see benchmarks._timing.set_allocator)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,10 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeat = a.repeat or (3 if a.quick else 9)
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     info = machine()
+    info["allocator"] = set_allocator(a.allocator)
     print(f"refattn ({a.backend}) / torch peer ({a.peer_device}), B={sizes.batch} H={sizes.heads} n={sizes.n} "
           f"d={sizes.d} "
           f"D=k={sizes.features}; {repeat} interleaved rounds after {warmup} warm-up(s); torch "
-          f"{info['torch']} on {info['torch_threads']} threads, NumPy {info['numpy']}; load {info['loadavg']}")
+          f"{info['torch']} on {info['torch_threads']} threads, NumPy {info['numpy']}; load {info['loadavg']}; "
+          f"{info['allocator']}")
     print(HEADER)
     if a.clock == "thread" and a.threads != 1:
         raise SystemExit("--clock thread needs --threads 1 (and OPENBLAS_NUM_THREADS=1 in the environment)")

@@ -28,7 +28,7 @@ import numpy as np
 import refattn
 
 from ._case import Case, Sizes
-from ._timing import traced_peak
+from ._timing import set_allocator, traced_peak
 
 #: case name -> promised exponent in n of time and memory (forward).
 PROMISED = {"softmax-dense": 2, "softmax-blockwise": 2, "linear": 1, "linear-causal": 1, "efficient": 1,
@@ -177,8 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     while ns[-1] * 2 <= n_max:
         ns.append(ns[-1] * 2)
     info = machine()
+    info["allocator"] = set_allocator(a.allocator)
     print(f"scaling, B=1 H=4 d=64, n = {ns[0]}..{ns[-1]}, {'forward + backward' if a.backward else 'forward'}; "
-          f"NumPy {info['numpy']}; load {info['loadavg']}")
+          f"NumPy {info['numpy']}; load {info['loadavg']}; {info['allocator']}")
     if a.clock == "thread" and a.threads != 1:
         raise SystemExit("--clock thread needs --threads 1 (and OPENBLAS_NUM_THREADS=1 in the environment)")
     clock = time.thread_time if a.clock == "thread" else time.perf_counter

@@ -73,9 +73,9 @@ matrix treatment of the fast Walsh-Hadamard transform", IEEE Trans. Computers (1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ._primitives import backend_primitive
 from ._vjp import defvjp
 from ._xp import check_float_array, check_same_namespace_device, compute_dtype, device, namespace
 from .cost import Cost
@@ -183,32 +183,6 @@ def _padded_size(c: int, pad: bool, what: str) -> int:
                f"pass pad=True to zero-pad it to {next_power_of_two(c)} (see refattn.hadamard)")
         raise ValueError(msg)
     return next_power_of_two(c)
-
-
-# namespace module name -> backend name, for the primitive lookup
-_BACKEND_OF = {"array_api_compat.numpy": "numpy", "numpy": "numpy", "array_api_compat.torch": "torch",
-               "array_api_compat.cupy": "cupy", "array_api_strict": "array_api_strict"}
-_PRIMITIVE_CACHE: dict[tuple[str, str], Callable[..., Any] | None] = {}
-
-
-def backend_primitive(xp: Any, name: str = "fwht") -> Callable[..., Any] | None:
-    """The backend primitive ``name`` for arrays of namespace ``xp``, or ``None`` if there is none."""
-    key = (getattr(xp, "__name__", repr(xp)), name)
-    if key not in _PRIMITIVE_CACHE:
-        from . import backends
-
-        found = None
-        candidates = [_BACKEND_OF[key[0]]] if key[0] in _BACKEND_OF else list(backends.names())
-        for bname in candidates:
-            try:
-                be = backends.get(bname)
-            except (backends.BackendUnavailable, ImportError):
-                continue
-            if be.xp is xp or bname == _BACKEND_OF.get(key[0]):
-                found = be.primitives.get(name)
-                break
-        _PRIMITIVE_CACHE[key] = found
-    return _PRIMITIVE_CACHE[key]
 
 
 def _butterflies(xp: Any, x: Any, axis: int) -> Any:

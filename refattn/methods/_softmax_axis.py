@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .._primitives import exp_consuming
+
 __all__ = ["softmax_axis", "softmax_axis_backward", "softmax_axis_flops"]
 
 
@@ -32,7 +34,7 @@ def softmax_axis(xp: Any, x: Any, axis: int, keep: Any = None) -> Any:
     mx = xp.max(x, axis=axis, keepdims=True)
     if keep is not None:
         mx = xp.where(xp.isfinite(mx), mx, 0.0)
-    e = xp.exp(x - mx)
+    e = exp_consuming(xp, x - mx)
     tot = xp.sum(e, axis=axis, keepdims=True)
     if keep is not None:
         tot = xp.where(tot > 0, tot, 1.0)

@@ -104,6 +104,7 @@ import warnings
 from typing import Any, NamedTuple
 
 from .._masks import make_mask, mask_block
+from .._primitives import exp_consuming
 from .._vjp import defvjp
 from .._xp import (
     broadcast_shapes,
@@ -446,7 +447,7 @@ def _hadamard_forward(xp: Any, q: Any, k: Any, v: Any, spec: Any, scale: float, 
         if keep is not None:
             logit = xp.where(keep[..., None], logit, -math.inf)
         mx = xp.max(logit, axis=-2)                               # (..., b, d)
-        p = xp.exp(logit - _softmax._safe(xp, mx)[..., None, :])
+        p = exp_consuming(xp, logit - _softmax._safe(xp, mx)[..., None, :])
         l = xp.sum(p, axis=-2)
         acc = xp.sum(p * vv, axis=-2)
         pos = l > 0
@@ -478,7 +479,7 @@ def _hadamard_backward(xp: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, spec
             logit = logit + bias[..., None]
         if keep is not None:
             logit = xp.where(keep[..., None], logit, -math.inf)
-        p = xp.exp(logit - lse0[..., i0:i1, None, :])             # 0 on masked entries and empty rows
+        p = exp_consuming(xp, logit - lse0[..., i0:i1, None, :])             # 0 on masked entries and empty rows
         do = dout[..., i0:i1, None, :]
         dv = dv + xp.sum(p * do, axis=-3)
         dl = p * (do * vv - delta[..., i0:i1, None, :])

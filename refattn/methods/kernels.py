@@ -72,6 +72,7 @@ from typing import Any, NamedTuple
 
 from .. import random as _random
 from .._masks import key_padding_keep, make_mask
+from .._primitives import exp_consuming
 from .._vjp import defvjp
 from .._xp import (
     broadcast_shapes,
@@ -149,15 +150,14 @@ def _softplus(xp: Any, a: Any) -> tuple[Any, Any]:
     an ulp of ``log1p(e) >= e / (1 + e)``: a few ulps in all, for every ``e`` in ``[0, 1]`` (``e``
     exactly when ``1 + e`` rounds to 1). This replaces one ``log1p`` (NumPy's is 2.5x slower than
     its ``log`` in float32) by a ``log`` and three cheap passes; no ``where`` (NumPy's is slow on
-    unpredictable conditions); one scratch array reused in place (fresh large temporaries cost page
-    faults).
+    unpredictable conditions); ``exp`` computed over its own scratch ``-|a|``
+    (:func:`refattn._primitives.exp_consuming`: fresh large temporaries cost page faults).
     """
     zero = xp.zeros((), dtype=a.dtype, device=device(a))
     t = xp.abs(a)
     t *= -1.0
-    e = xp.exp(t)
-    t[...] = e
-    t += 1.0  # u = 1 + e
+    e = exp_consuming(xp, t)
+    t = e + 1.0  # u = 1 + e
     y = xp.log(t)
     t -= 1.0
     t -= e  # c = (u - 1) - e
@@ -171,11 +171,9 @@ def _sigmoid(xp: Any, b: Any) -> tuple[Any, Any]:
     as ``max([b >= 0], e) / (1 + e)`` (``e <= 1``): no ``where``."""
     t = xp.abs(b)
     t *= -1.0
-    e = xp.exp(t)
+    e = exp_consuming(xp, t)
     s = xp.maximum(xp.astype(b >= 0, b.dtype), e)
-    t[...] = e
-    t += 1.0
-    s /= t
+    s /= e + 1.0
     return s, e
 
 

@@ -81,6 +81,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._masks import key_padding_keep, make_mask
+from .._primitives import exp_consuming
 from .._vjp import defvjp
 from .._xp import (
     check_positive_int,
@@ -127,7 +128,7 @@ def _elu1(xp: Any, x: Any) -> Any:
     # elu(x) + 1 = max(x, 0) + exp(min(x, 0)): exp only of non-positive arguments (no overflow), four
     # passes over x and no boolean temporaries (x + exp(0) = x + 1 exactly for x > 0)
     zero = xp.zeros((), dtype=x.dtype, device=device(x))
-    y = xp.exp(xp.minimum(x, zero))
+    y = exp_consuming(xp, xp.minimum(x, zero))
     y += xp.maximum(x, zero)
     return y
 

@@ -136,6 +136,7 @@ from typing import Any, NamedTuple
 
 from .. import cost as _cost_module
 from .._masks import key_padding_keep, make_mask
+from .._primitives import exp_consuming
 from .._vjp import defvjp
 from .._xp import (
     broadcast_shapes,
@@ -291,11 +292,11 @@ def _softmax(xp: Any, s: Any, keep: Any = None) -> Any:
     """Row softmax; ``keep (..., c)`` masks columns; a fully masked row gives zeros."""
     if keep is None:
         mx = xp.max(s, axis=-1, keepdims=True)
-        p = xp.exp(s - mx)
+        p = exp_consuming(xp, s - mx)
         return p / xp.sum(p, axis=-1, keepdims=True)
     s = xp.where(xp.expand_dims(keep, axis=-2), s, -math.inf)
     mx = xp.max(s, axis=-1, keepdims=True)
-    p = xp.exp(s - xp.where(xp.isfinite(mx), mx, 0.0))
+    p = exp_consuming(xp, s - xp.where(xp.isfinite(mx), mx, 0.0))
     l = xp.sum(p, axis=-1, keepdims=True)
     return p / xp.where(l > 0, l, 1.0)
 

@@ -40,6 +40,7 @@ import math
 from typing import Any, NamedTuple
 
 from .._masks import MaskSpec, _causal_offset, make_mask, mask_block
+from .._primitives import exp_consuming
 from .._vjp import defvjp
 from .._xp import check_positive_int, device, resolve_scale, to_working, unbroadcast, validate_qkv
 
@@ -120,7 +121,7 @@ def _dense_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, scale: float
     s = _logits(xp, q * scale, k, keep, bias)
     mx = xp.max(s, axis=-1, keepdims=True)
     s -= _safe(xp, mx)
-    p = xp.exp(s)
+    p = exp_consuming(xp, s)
     del s  # two (n, m) arrays at most
     l = xp.sum(p, axis=-1, keepdims=True)
     return _finish(xp, p @ v, mx, l)
@@ -131,7 +132,7 @@ def _dense_backward(xp: Any, r: Residuals, dout: Any) -> tuple[Any, Any, Any]:
     n, m = q.shape[-2], k.shape[-2]
     keep, bias = mask_block(xp, r.spec, 0, n, 0, m, device(q))
     qs = q * r.scale
-    p = xp.exp(_sub(_logits(xp, qs, k, keep, bias), _safe(xp, r.lse)[..., None]))
+    p = exp_consuming(xp, _sub(_logits(xp, qs, k, keep, bias), _safe(xp, r.lse)[..., None]))
     delta = xp.sum(r.out * dout, axis=-1, keepdims=True)
     dv = xp.matrix_transpose(p) @ dout
     ds = dout @ xp.matrix_transpose(v)
@@ -164,7 +165,7 @@ def _blockwise_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, scale: f
             mx_new = xp.maximum(mx, xp.max(s, axis=-1, keepdims=True))
             shift = _safe(xp, mx_new)
             alpha = xp.exp(mx - shift)
-            p = xp.exp(_sub(s, shift))
+            p = exp_consuming(xp, _sub(s, shift))
             l *= alpha
             l += xp.sum(p, axis=-1, keepdims=True)
             acc *= alpha
@@ -199,7 +200,7 @@ def _blockwise_backward(xp: Any, r: Residuals, dout: Any, batch: tuple[int, ...]
                 continue
             keep, bias = mask_block(xp, spec, i0, i1, j0, j1, dev)
             qb, dob = qs[..., i0:i1, :], dout[..., i0:i1, :]
-            p = xp.exp(_sub(_logits(xp, qb, kb, keep, bias), lse[..., i0:i1, :]))
+            p = exp_consuming(xp, _sub(_logits(xp, qb, kb, keep, bias), lse[..., i0:i1, :]))
             dv_j += xp.matrix_transpose(p) @ dob
             ds = dob @ xp.matrix_transpose(vb)
             ds -= delta[..., i0:i1, :]

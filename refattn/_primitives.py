@@ -1,0 +1,57 @@
+"""Backend primitives: where a backend offers a faster implementation of a named operation.
+
+A backend (:mod:`refattn.backends`) may register primitives in ``Backend.primitives``; the generic
+array-API formulation stays the oracle and tests compare the two. Known primitives:
+
+``fwht(x, *, axis)``
+    Unnormalised Walsh-Hadamard transform along ``axis`` (:mod:`refattn.hadamard`).
+``exp_(x)``
+    ``exp(x)``, allowed to overwrite ``x``: the caller hands over a temporary it owns and does not
+    read again. Must give the same values as ``xp.exp`` element for element. NumPy's is in place
+    (the array API has no ``out=``): one large temporary fewer per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["backend_primitive", "exp_consuming"]
+
+# namespace module name -> backend name, for the primitive lookup
+_BACKEND_OF = {"array_api_compat.numpy": "numpy", "numpy": "numpy", "array_api_compat.torch": "torch",
+               "array_api_compat.cupy": "cupy", "array_api_strict": "array_api_strict"}
+_PRIMITIVE_CACHE: dict[tuple[str, str], Callable[..., Any] | None] = {}
+
+
+def backend_primitive(xp: Any, name: str = "fwht") -> Callable[..., Any] | None:
+    """The backend primitive ``name`` for arrays of namespace ``xp``, or ``None`` if there is none.
+
+    Namespaces of the built-in backends are looked up by name, once; any other namespace (a third
+    party backend, a counting namespace of :mod:`refattn.cost`) by identity among the registered
+    backends, remembered only when one of them owns it (counting namespaces are many and short-lived).
+    """
+    key = (getattr(xp, "__name__", repr(xp)), name)
+    if key in _PRIMITIVE_CACHE:
+        return _PRIMITIVE_CACHE[key]
+    from . import backends
+
+    known = _BACKEND_OF.get(key[0])
+    for bname in [known] if known else list(backends.names()):
+        try:
+            be = backends.get(bname)
+        except (backends.BackendUnavailable, ImportError):
+            continue
+        if be.xp is xp or bname == known:
+            _PRIMITIVE_CACHE[key] = found = be.primitives.get(name)
+            return found
+    if known:
+        _PRIMITIVE_CACHE[key] = None
+    return None
+
+
+def exp_consuming(xp: Any, x: Any) -> Any:
+    """``exp(x)`` for a temporary ``x`` that the caller gives up (it may be overwritten): the
+    backend's ``exp_`` primitive where there is one, else ``xp.exp(x)``. Same values either way."""
+    prim = backend_primitive(xp, "exp_")
+    return xp.exp(x) if prim is None else prim(x)
