@@ -5,7 +5,7 @@ and float64, on the NumPy backend; fitted log-log exponents over the upper half 
     python -m benchmarks scaling [--method NAME ...] [--n-max 65536] [--out scaling.json] [--plot scaling.png]
 
 Peak memory is what NumPy reports to :mod:`tracemalloc` during one call (inputs excluded). Time is
-the best of that call and 2 untraced calls, or the traced call's own time when it took longer than
+the best of that call and 4 untraced calls, or the traced call's own time when it took longer than
 ``--long`` seconds (then it ran once; the first call of a size is often slower: first-touch page
 faults, BLAS threads waking). A size is skipped, with the reason, when its time predicted
 from the previous size (``t * 2^p``, ``p`` the method's promised exponent) exceeds ``--budget``
@@ -82,11 +82,11 @@ def measure_case(case: Case, ns: Sequence[int], dtype: str, *, backward: bool, b
         peak, secs = traced_peak(fn, clock)
         how = "1 traced run"
         if secs < long:
-            for _ in range(2):
+            for _ in range(4):
                 t0 = clock()
                 fn()
                 secs = min(secs, clock() - t0)
-            how = "best of 3"
+            how = "best of 5"
         points.append({"n": n, "seconds": secs, "peak_bytes": peak, "timing": how})
         log(f"  {case.name:<18}{dtype:<9}n={n:>6}  {secs:10.4f} s  peak {peak / 2**20:10.1f} MiB  ({how})")
         prev = (n, secs)
@@ -132,14 +132,17 @@ def plot(results: Sequence[dict[str, Any]], path: str) -> None:
         print("matplotlib not installed: no plot (pip install 'refattn[plots]')")
         return
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    colors = plt.get_cmap("tab20" if len(methods) > 10 else "tab10").colors
     for r in results:
         if not r["points"]:
             continue
         ns = [q["n"] for q in r["points"]]
-        style = "-" if r["dtype"] == "float64" else "--"
-        label = f"{r['method']} {r['dtype']}"
-        axes[0].loglog(ns, [q["seconds"] for q in r["points"]], style, marker="o", ms=3, label=label)
-        axes[1].loglog(ns, [q["peak_bytes"] for q in r["points"]], style, marker="o", ms=3, label=label)
+        fmt = {"color": colors[methods.index(r["method"]) % len(colors)],
+               "linestyle": "-" if r["dtype"] == "float64" else "--", "marker": "o", "ms": 3,
+               "label": f"{r['method']} {r['dtype']}"}
+        axes[0].loglog(ns, [q["seconds"] for q in r["points"]], **fmt)
+        axes[1].loglog(ns, [q["peak_bytes"] for q in r["points"]], **fmt)
     for ax, what in zip(axes, ("time [s]", "peak memory [bytes]")):
         ax.set_xlabel("n")
         ax.set_ylabel(what)
