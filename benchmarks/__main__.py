@@ -10,6 +10,10 @@ on the same inputs: warm-ups, then interleaved rounds (each round runs every fun
 rotated order), and reports the median over rounds of the per-round ratio refattn / peer with its
 interquartile range. torch runs on as many threads as NumPy's BLAS (``--threads``, default the
 machine's cores, OpenBLAS's default). Timings are not tests: the numbers depend on the machine and its load.
+The C allocator keeps glibc's defaults here (``--allocator system``: what a user's process gets), while
+``scaling`` keeps freed memory for reuse by default (see :func:`benchmarks._timing.set_allocator`: the
+defaults fault large temporaries in afresh on every call, a step in cost that bends fitted exponents;
+at n = 1024 it matters only for the peers and paths with arrays above 32 MiB).
 """
 
 from __future__ import annotations
@@ -149,7 +153,7 @@ def machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, allocator: str) -> None:
     p.add_argument("--method", nargs="+", default=None, help="case names or prefixes (default: all; see --list)")
     p.add_argument("--quick", action="store_true", help="small sizes, few rounds: a smoke run of seconds")
     p.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
@@ -157,9 +161,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="torch.set_num_threads (default: the cores, as OpenBLAS uses)")
     p.add_argument("--out", default=None, help="write the rows and the machine to this JSON file")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
-    p.add_argument("--allocator", choices=["reuse", "system"], default="reuse",
-                   help="reuse: large freed blocks stay in the heap (glibc mallopt), so no size pays page "
-                        "faults per call; system: glibc's defaults (see benchmarks._timing.set_allocator)")
+    p.add_argument("--allocator", choices=["reuse", "system"], default=allocator,
+                   help="system: glibc's defaults; reuse: large freed blocks stay in the heap (glibc "
+                        f"mallopt), so no size pays page faults per call (default {allocator}; see "
+                        "benchmarks._timing.set_allocator)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return scaling_main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
+    _common(p, allocator="system")
     p.add_argument("--n", type=int, default=1024, help="sequence length n = m (default 1024)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--batch", type=int, default=1)

@@ -11,7 +11,9 @@ faults, BLAS threads waking). A size is skipped, with the reason, when its time 
 from the previous size (``t * 2^p``, ``p`` the method's promised exponent) exceeds ``--budget``
 seconds, or for dense softmax when its ``(n, m)`` logits would need more than ``--mem-limit`` bytes
 (three ``B H n^2`` arrays are alive at once): dense softmax is not run at sizes it cannot hold.
-Methods that promise linear cost must show exponents <= 1.05 for time and memory.
+Methods that promise linear cost must show exponents <= 1.05 for time and memory. The C allocator keeps
+freed memory for reuse (``--allocator reuse``, the default here; ``--allocator system`` for glibc's
+defaults, see :func:`benchmarks._timing.set_allocator`).
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks scaling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(p)
+    _common(p, allocator="reuse")
     p.add_argument("--n-min", type=int, default=1024)
     p.add_argument("--n-max", type=int, default=65536)
     p.add_argument("--backward", action="store_true", help="time forward + backward")
