@@ -27,27 +27,30 @@ _PRIMITIVE_CACHE: dict[tuple[str, str], Callable[..., Any] | None] = {}
 def backend_primitive(xp: Any, name: str = "fwht") -> Callable[..., Any] | None:
     """The backend primitive ``name`` for arrays of namespace ``xp``, or ``None`` if there is none.
 
-    Namespaces of the built-in backends are looked up by name, once; any other namespace (a third
-    party backend, a counting namespace of :mod:`refattn.cost`) by identity among the registered
-    backends, remembered only when one of them owns it (counting namespaces are many and short-lived).
+    A namespace may list its primitives itself in a ``refattn_primitives`` mapping (the counting
+    namespaces of :mod:`refattn.cost` list none: they count the generic maths). Otherwise the
+    namespaces of the built-in backends are looked up by name, any other one by identity among the
+    registered backends; either answer is remembered per namespace name.
     """
+    own = getattr(xp, "refattn_primitives", None)
+    if own is not None:
+        return own.get(name)
     key = (getattr(xp, "__name__", repr(xp)), name)
-    if key in _PRIMITIVE_CACHE:
-        return _PRIMITIVE_CACHE[key]
-    from . import backends
+    if key not in _PRIMITIVE_CACHE:
+        from . import backends
 
-    known = _BACKEND_OF.get(key[0])
-    for bname in [known] if known else list(backends.names()):
-        try:
-            be = backends.get(bname)
-        except (backends.BackendUnavailable, ImportError):
-            continue
-        if be.xp is xp or bname == known:
-            _PRIMITIVE_CACHE[key] = found = be.primitives.get(name)
-            return found
-    if known:
-        _PRIMITIVE_CACHE[key] = None
-    return None
+        found = None
+        known = _BACKEND_OF.get(key[0])
+        for bname in [known] if known else list(backends.names()):
+            try:
+                be = backends.get(bname)
+            except (backends.BackendUnavailable, ImportError):
+                continue
+            if be.xp is xp or bname == known:
+                found = be.primitives.get(name)
+                break
+        _PRIMITIVE_CACHE[key] = found
+    return _PRIMITIVE_CACHE[key]
 
 
 def exp_consuming(xp: Any, x: Any) -> Any:

@@ -108,9 +108,10 @@ from __future__ import annotations
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
+from types import MappingProxyType
 from typing import Any
 
 from ._xp import device as _device
@@ -958,6 +959,8 @@ class CountingNamespace:
     """
 
     _serial = 0
+    #: no backend primitives (refattn._primitives): the counts are of the generic maths
+    refattn_primitives: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, backend: Any, counter: _Counter) -> None:
         CountingNamespace._serial += 1
