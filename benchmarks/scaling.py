@@ -9,8 +9,9 @@ the best of that call and 4 untraced calls, or the traced call's own time when i
 ``--long`` seconds (then it ran once; the first call of a size is often slower: first-touch page
 faults, BLAS threads waking). A size is skipped, with the reason, when its time predicted
 from the previous size (``t * 2^p``, ``p`` the method's promised exponent) exceeds ``--budget``
-seconds, or for dense softmax when its ``(n, m)`` logits would need more than ``--mem-limit`` bytes
-(three ``B H n^2`` arrays are alive at once): dense softmax is not run at sizes it cannot hold.
+seconds, or for dense softmax (and HEAT's logits and features readings, which are softmax attention
+on modified logits) when its ``(n, m)`` logits would need more than ``--mem-limit`` bytes (three
+``B H n^2`` arrays are alive at once): they are not run at sizes they cannot hold.
 Methods that promise linear cost must show exponents <= 1.05 for time and memory. The C allocator keeps
 freed memory for reuse (``--allocator reuse``, the default here; ``--allocator system`` for glibc's
 defaults, see :func:`benchmarks._timing.set_allocator`).
@@ -34,10 +35,14 @@ from ._timing import set_allocator, traced_peak
 
 #: case name -> promised exponent in n of time and memory (forward).
 PROMISED = {"softmax-dense": 2, "softmax-blockwise": 2, "linear": 1, "linear-causal": 1, "efficient": 1,
-            "linformer": 1, "verma": 1, "rfa": 1, "rfa-causal": 1, "nystrom": 1, "kernel-glu": 1,
+            "linformer": 1, "verma": 1, "rfa": 1, "rfa-causal": 1, "nystrom": 1, "heat-logits": 2,
+            "heat-features": 2, "kernel-ffn": 1, "kernel-glu": 1, "kernel-oglu": 1, "kernel-aoglu": 1,
             "kernel-glu-causal": 1}
 #: blockwise softmax promises memory linear in n (time quadratic).
 MEMORY_PROMISED = {**PROMISED, "softmax-blockwise": 1}
+#: cases that hold ``(B, H, n, n)`` arrays (HEAT's readings are exact softmax on modified logits; its
+#: "hadamard" reading, ``n m d`` work, is timed only at n = 256 by the ratio benchmark)
+DENSE = ("softmax-dense", "heat-logits", "heat-features")
 
 
 def dense_bytes(s: Sizes, itemsize: int) -> int:
@@ -73,7 +78,7 @@ def measure_case(case: Case, ns: Sequence[int], dtype: str, *, backward: bool, b
     prev = None
     for n in ns:
         s = Sizes(1, 4, n, 64, 256)
-        if case.name == "softmax-dense" and dense_bytes(s, itemsize) > mem_limit:
+        if case.name in DENSE and dense_bytes(s, itemsize) > mem_limit:
             skipped[n] = f"logits need ~{dense_bytes(s, itemsize) / 2**30:.1f} GiB > {mem_limit / 2**30:.1f} GiB"
         elif prev is not None and prev[1] * (n / prev[0]) ** p > budget:
             skipped[n] = f"predicted {prev[1] * (n / prev[0]) ** p:.0f} s > budget {budget:.0f} s"
@@ -167,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backward", action="store_true", help="time forward + backward")
     p.add_argument("--budget", type=float, default=400.0, help="skip a size predicted to take longer (s)")
     p.add_argument("--long", type=float, default=10.0, help="time a call this long once, traced (s)")
-    p.add_argument("--mem-limit", type=float, default=4.0, help="dense softmax logits limit (GiB)")
+    p.add_argument("--mem-limit", type=float, default=4.0, help="limit for the (n, n) arrays of the dense cases (GiB)")
     p.add_argument("--plot", default=None, help="write a log-log plot here (needs matplotlib)")
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="wall time, or this thread's CPU time (load-immune; single-threaded runs only)")

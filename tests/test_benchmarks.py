@@ -3,6 +3,9 @@ JSON, and every case's torch peer computes the same output as refattn (so the ra
 mathematics)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +43,24 @@ def test_quick_run_writes_json(tmp_path, capsys):
 
 def test_scaling_quick(tmp_path):
     out = tmp_path / "s.json"
-    assert bench.main(["scaling", "--quick", "--method", "linear", "--dtype", "float32", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())["results"]
+    # --allocator system: "reuse" would change the allocator of the whole test process
+    assert bench.main(["scaling", "--quick", "--method", "linear", "--dtype", "float32", "--allocator", "system",
+                       "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    res = doc["results"]
     assert [r["method"] for r in res] == ["linear", "linear-causal"]
     assert all(len(r["points"]) == 4 and r["time_exponent"] is not None for r in res)
+    assert doc["machine"]["allocator"] == "system allocator defaults"
+
+
+def test_set_allocator_reuse_in_a_fresh_process():
+    """``reuse`` sets glibc's mallopt (or says it could not); bad modes are named."""
+    from benchmarks._timing import set_allocator
+
+    code = "from benchmarks._timing import set_allocator; print(set_allocator('reuse'))"
+    root = Path(__file__).resolve().parents[1]
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=root).stdout
+    assert said.startswith(("glibc heap reuse (mallopt M_MMAP_MAX=0", "system allocator defaults ("))
+    with pytest.raises(ValueError, match="allocator mode must be 'reuse' or 'system', got 'fast'"):
+        set_allocator("fast")
