@@ -81,8 +81,9 @@ def set_allocator(mode: str) -> str:
     of every call pays a page fault per 4 KiB (zeroing included). Below the threshold freed memory is
     reused without faults. Sweeping n therefore moves a method's arrays from "reused" to "faulted
     in on each call" part way through the range, and that step, not the method, bends the fitted time
-    exponent upwards (measured: linear-causal float64 per-row time +33% from n = 8192 to 65536 under
-    ``"system"``, +4% under ``"reuse"``; system time of the whole scaling run 29 s vs 4 s).
+    exponent upwards (measured, benchmarks/RESULTS.md: linear-causal float64 per-row time +30% from
+    n = 8192 to 65536 under ``"system"``, flat under ``"reuse"``; the process's system time in a
+    five-method sweep 29 s vs 4 s).
     ``"reuse"`` (``mallopt(M_MMAP_MAX, 0)`` and ``mallopt(M_TRIM_THRESHOLD, -1)``, what
     ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` do from the environment) serves large blocks from
     the heap and keeps freed memory for reuse: every size then runs on warm pages, as the smallest ones

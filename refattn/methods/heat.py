@@ -479,7 +479,7 @@ def _hadamard_backward(xp: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, spec
             logit = logit + bias[..., None]
         if keep is not None:
             logit = xp.where(keep[..., None], logit, -math.inf)
-        p = exp_consuming(xp, logit - lse0[..., i0:i1, None, :])             # 0 on masked entries and empty rows
+        p = exp_consuming(xp, logit - lse0[..., i0:i1, None, :])  # 0 on masked entries and empty rows
         do = dout[..., i0:i1, None, :]
         dv = dv + xp.sum(p * do, axis=-3)
         dl = p * (do * vv - delta[..., i0:i1, None, :])
