@@ -5,7 +5,7 @@ and array-api-strict. Every method has a forward pass, a hand-written backward p
 complexity instrumentation and property tests of what its paper claims.
 """
 
-from . import backends, hadamard, methods, mha, random, testing
+from . import backends, hadamard, methods, mha, random
 from ._vjp import registered, vjp
 from .cost import Cost
 from .hadamard import fwht, wht_projection
@@ -28,6 +28,17 @@ from .methods import (
 from .mha import multi_head_attention
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # refattn.testing (and with it the oracle, the naive references and NumPy) loads on first use
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 __all__ = [
     "Cost",

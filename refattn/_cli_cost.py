@@ -1,66 +1,23 @@
 """``refattn cost METHOD --n N ...``: the counted cost table of a method at given sizes.
 
-Methods are looked up by name in :data:`METHODS`; adding one is one line, e.g.::
-
-    "linear": Method("refattn.methods.linear:linear_attention"),
-    "linformer": Method("refattn.methods.linformer:linformer_attention",
-                        params=lambda s, mk: (mk((s["k"], s["m"])), mk((s["k"], s["m"])))),
-
-``params(sizes, make)`` returns the method's extra positional arrays (``make(shape)`` draws iid
-N(0, 1) entries on the chosen backend; ``sizes`` holds ``batch n m d dv`` and every ``--size
-NAME=INT``); ``closed(sizes, options, backward)`` returns the closed-form :class:`~refattn.cost.Cost`
-printed next to the counted one.
+Every method declared in the registry (:mod:`refattn._registry`) is available: its parameter arrays
+come from its declaration (``--size NAME=INT`` sets the size symbols their shapes use, e.g.
+Linformer's ``k``), and its closed-form :class:`~refattn.cost.Cost` (where declared) is printed next
+to the counted one.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import sys
 from typing import Any
 
 from . import random as _random
+from ._registry import methods
 from ._vjp import vjp
-from .cost import Cost, _timeit, measure
+from .cost import _timeit, measure
 
-__all__ = ["Method", "METHODS", "add_parser", "cmd_cost"]
-
-
-@dataclass(frozen=True)
-class Method:
-    """How ``refattn cost`` calls a method: ``target`` is ``"module:public_function"``."""
-
-    target: str
-    params: Callable[[dict[str, Any], Callable[[tuple[int, ...]], Any]], tuple[Any, ...]] | None = None
-    closed: Callable[[dict[str, Any], dict[str, Any], bool], Cost] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def function(self) -> Callable[..., Any]:
-        module, _, name = self.target.partition(":")
-        return getattr(importlib.import_module(module), name)
-
-
-def _softmax_closed(s: dict[str, Any], opts: dict[str, Any], backward: bool) -> Cost:
-    from .methods import softmax
-
-    impl = opts.get("impl", "auto")
-    if impl == "auto":
-        itemsize = s["dtype_bytes"]
-        dense = math.prod(s["batch"]) * s["n"] * s["m"] * itemsize <= softmax.AUTO_DENSE_LIMIT_BYTES
-        impl = "dense" if dense else "blockwise"
-    return softmax.cost(s["batch"], s["n"], s["m"], s["d"], s["dv"], impl=impl, backward=backward,
-                        causal=opts.get("causal", False),
-                        block_q=opts.get("block_q") or softmax.DEFAULT_BLOCK_Q,
-                        block_k=opts.get("block_k") or softmax.DEFAULT_BLOCK_K,
-                        dtype_bytes=s["dtype_bytes"])
-
-
-#: name -> Method. One line per method.
-METHODS: dict[str, Method] = {
-    "softmax": Method("refattn.methods.softmax:softmax_attention", closed=_softmax_closed),
-}
+__all__ = ["add_parser", "cmd_cost"]
 
 
 def _value(text: str) -> Any:
@@ -93,7 +50,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser("cost", help="counted FLOPs, bytes and peak memory of a method at given sizes",
                        description="Run METHOD once on the counting namespace (refattn.cost) and print "
                                    "where its FLOPs, bytes and memory go, with its closed form if known.")
-    p.add_argument("method", help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("method", help=f"one of: {', '.join(methods())}")
     p.add_argument("--n", type=int, required=True, help="query length")
     p.add_argument("--m", type=int, default=None, help="key length (default: n)")
     p.add_argument("--d", type=int, default=64, help="query/key head dimension (default 64)")
@@ -121,18 +78,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
-    if args.method not in METHODS:
-        msg = f"unknown method {args.method!r}; known: {', '.join(METHODS)}"
+    table = methods()
+    if args.method not in table:
+        msg = f"unknown method {args.method!r}; known: {', '.join(table)}"
         raise SystemExit(msg)
-    entry = METHODS[args.method]
-    fn = entry.function()
+    entry = table[args.method]
+    fn = entry.function
     m = args.n if args.m is None else args.m
     dv = args.d if args.dv is None else args.dv
     batch = (args.batch, args.heads)
-    sizes: dict[str, Any] = {"batch": batch, "n": args.n, "m": m, "d": args.d, "dv": dv,
-                             "dtype_bytes": 8 if args.dtype == "float64" else 4,
-                             **_pairs(args.size, "--size")}
-    opts: dict[str, Any] = dict(entry.options)
+    sizes: dict[str, Any] = entry.resolve_sizes({
+        "batch": batch, "n": args.n, "m": m, "d": args.d, "dv": dv,
+        "dtype_bytes": 8 if args.dtype == "float64" else 4, **_pairs(args.size, "--size")})
+    opts: dict[str, Any] = {}
     if args.causal is not False:
         opts["causal"] = True if args.causal is True else args.causal
     for name, val in (("impl", args.impl), ("block_q", args.block_q), ("block_k", args.block_k)):
@@ -145,7 +103,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         return _random.normal(tuple(shape), rng=rng, backend=args.backend, dtype=args.dtype)
 
     arrays = (make((*batch, args.n, args.d)), make((*batch, m, args.d)), make((*batch, m, dv)))
-    arrays += tuple(entry.params(sizes, make)) if entry.params else ()
+    arrays += tuple(entry.make_params(sizes, rng, args.backend, args.dtype, opts).values())
     kwargs: dict[str, Any] = dict(opts)
     if args.backward:
         kwargs = {"dout": make((*batch, args.n, dv))}
@@ -155,19 +113,26 @@ def cmd_cost(args: argparse.Namespace) -> int:
             return pullback(dout)
     else:
         run = fn
-    counted = measure(run, *arrays, **kwargs)
+    try:
+        counted = measure(run, *arrays, **kwargs)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        print(f"refattn cost: error: {args.method}: {exc}", file=sys.stderr)
+        return 2
     what = "forward + backward" if args.backward else "forward"
     shown = ", ".join(f"{k}={v}" for k, v in opts.items())
-    print(f"{args.method} ({entry.target}), {what}, batch={args.batch} heads={args.heads} n={args.n} "
+    print(f"{args.method} ({fn.__module__}:{fn.__name__}), {what}, batch={args.batch} heads={args.heads} n={args.n} "
           f"m={m} d={args.d} dv={dv}, {args.dtype} on {args.backend}" + (f", {shown}" if shown else ""))
     print()
     print(counted.table(top=args.top))
-    if entry.closed is not None:
-        closed = entry.closed(sizes, opts, args.backward)
+    closed = entry.closed_cost(sizes, opts, args.backward)
+    if closed is not None:
         flops_ok = "==" if closed.flops == counted.flops else "!="
+        peak = (f"peak bound {closed.peak_bytes:,} bytes (counted peak is "
+                f"{counted.peak_bytes / closed.peak_bytes:.0%} of it)") if closed.peak_bytes else "peak not modelled"
         print(f"closed form: flops {closed.flops:,} ({flops_ok} counted), transcendentals "
-              f"{closed.transcendentals:,}, peak bound {closed.peak_bytes:,} bytes "
-              f"(counted peak is {counted.peak_bytes / max(closed.peak_bytes, 1):.0%} of it)")
+              f"{closed.transcendentals:,}, {peak}")
+    else:
+        print("closed form: none declared for this call" + (" (forward only)" if args.backward else ""))
     if args.timing:
         plain = _timeit(lambda: run(*arrays, **kwargs))
         with_count = _timeit(lambda: measure(run, *arrays, **kwargs))

@@ -788,7 +788,7 @@ def heat_hadamard_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: An
 
 
 #: landmarks of the registered Nystromformer oracle
-NYSTROM_LANDMARKS = 2
+from .methods.nystrom import ORACLE_LANDMARKS as NYSTROM_LANDMARKS  # noqa: E402
 
 
 def nystrom_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = None, mask: Any = None,
@@ -858,85 +858,30 @@ def nystrom_error_bound(q: Any, k: Any, v: Any, /, *, dtype: str, dout: Any = No
     return _both_formats(dtype, accum_dtype, ref_dtype, one)
 
 
-def _softmax_params(shape: Shape, rng: Any) -> dict[str, Any]:
-    return {}
-
-
-def _square_if_causal(shape: Shape, kind: str) -> Shape:
-    """Prefix-sum methods that pair query ``i`` with keys ``j <= i`` need ``m = n`` when causal."""
-    return shape._replace(m=shape.n) if kind in ("causal", "bottom_right") else shape
-
-
-def _heat_shape(shape: Shape, kind: str) -> Shape:
-    return shape._replace(dv=shape.d)
-
-
-def _nystrom_shape(shape: Shape, kind: str) -> Shape:
-    r = NYSTROM_LANDMARKS
-    return shape._replace(n=max(shape.n, r), m=max(shape.m, r))
-
-
-def _rf_params(shape: Shape, rng: Any) -> dict[str, Any]:
-    from .random import gaussian_projection
-
-    return {"W": gaussian_projection(2 * shape.d + 2, shape.d, rng=rng)}
-
-
-def _kernel_params(shape: Shape, rng: Any) -> dict[str, Any]:
-    from .methods.kernels import init_params
-
-    w_f, w_g = init_params("glu", shape.d, rng=rng)
-    return {"w_f0": w_f, "w_g0": w_g}
-
-
-def _linformer_params(shape: Shape, rng: Any) -> dict[str, Any]:
-    from .random import linformer_projection
-
-    kk = max(1, (shape.m + 1) // 2)
-    return {"E": linformer_projection(kk, shape.m, rng=rng), "F": linformer_projection(kk, shape.m, rng=rng)}
+def _from_registry(method: Any) -> MethodSpec:
+    """The oracle's row of a declared :class:`refattn._registry.Method`."""
+    masks = method.oracle_masks or method.masks
+    kwargs = {kw for kind, kw in (("causal", "causal"), ("bottom_right", "causal"), ("bool", "mask"),
+                                  ("additive", "mask"), ("key_lengths", "key_lengths"), ("key_lengths", "mask"))
+              if kind in masks and kw in method.options}
+    if method.has_scale:
+        kwargs.add("scale")
+    make = None
+    if method.params is not None:
+        def make(shape: Shape, rng: Any, _m: Any = method) -> dict[str, Any]:
+            sizes = {"batch": shape.batch, "n": shape.n, "m": shape.m, "d": shape.d, "dv": shape.dv}
+            return _m.make_params(sizes, rng)
+    return MethodSpec(name=method.name, fn=method.function, param_names=method.param_names, make_params=make,
+                      masks=masks, kwargs=frozenset(kwargs), options=dict(method.oracle_options),
+                      error_bound=method.error_bound(), grad_bounds=method.grad_error_model,
+                      adapt_shape=method.adapt_shape)
 
 
 def _builtin_methods() -> None:
-    from .methods import heat, kernels, linear, linformer, nystrom, random_features
-    from .methods.softmax import softmax_attention
+    from ._registry import methods
 
-    qkv = frozenset({"mask", "causal", "scale", "key_lengths"})
-    register_method(MethodSpec(
-        name="softmax", fn=softmax_attention, param_names=(), make_params=_softmax_params,
-        masks=MASK_KINDS, kwargs=qkv, error_bound=softmax_error_bound,
-    ))
-    # The others: forward error models derived in each bound's docstring (gradients need rtol/atol,
-    # except heat's per-channel softmax). Masks: what each method honours (key padding for the
-    # kernelized and projected forms; causal prefix sums where the method has them).
-    register_method(MethodSpec(
-        name="linear", fn=linear.linear_attention, masks=("none", "causal", "bottom_right", "key_lengths"),
-        kwargs=qkv, error_bound=linear_error_bound, grad_bounds=False))
-    register_method(MethodSpec(
-        name="efficient", fn=linear.efficient_attention, masks=("none", "key_lengths"), kwargs=qkv,
-        error_bound=efficient_error_bound, grad_bounds=False))
-    register_method(MethodSpec(
-        name="random_feature", fn=random_features.random_feature_attention, param_names=("W",),
-        make_params=_rf_params, masks=("none", "causal", "key_lengths"), kwargs=qkv,
-        error_bound=random_feature_error_bound, grad_bounds=False, adapt_shape=_square_if_causal))
-    register_method(MethodSpec(
-        name="kernel", fn=kernels.kernel_attention, param_names=("w_f0", "w_g0"), make_params=_kernel_params,
-        masks=("none", "causal", "key_lengths"), kwargs=frozenset({"mask", "causal", "key_lengths"}),
-        options={"kernel": "glu"}, error_bound=kernel_error_bound, grad_bounds=False,
-        adapt_shape=_square_if_causal))
-    register_method(MethodSpec(
-        name="linformer", fn=linformer.linformer_attention, param_names=("E", "F"),
-        make_params=_linformer_params, masks=("none", "key_lengths"), kwargs=qkv,
-        error_bound=linformer_error_bound, grad_bounds=False))
-    register_method(MethodSpec(
-        name="verma", fn=linformer.verma_attention, param_names=("E", "F"), make_params=_linformer_params,
-        masks=("none", "key_lengths"), kwargs=qkv, error_bound=verma_error_bound, grad_bounds=False))
-    register_method(MethodSpec(
-        name="heat", fn=heat.heat_attention, masks=MASK_KINDS, kwargs=qkv, options={"reading": "hadamard"},
-        error_bound=heat_hadamard_error_bound, adapt_shape=_heat_shape))
-    register_method(MethodSpec(
-        name="nystrom", fn=nystrom.nystrom_attention, masks=("none",), kwargs=frozenset({"scale"}),
-        options={"num_landmarks": NYSTROM_LANDMARKS, "pinv": "exact"}, error_bound=nystrom_error_bound,
-        grad_bounds=False, adapt_shape=_nystrom_shape))
+    for method in methods().values():
+        register_method(_from_registry(method))
 
 
 _builtin_methods()

@@ -1,8 +1,8 @@
-"""``refattn.vjp``: the vector-Jacobian product of every public function, jax.vjp style.
+"""``refattn.vjp``: the vector-Jacobian product of every declared public function, jax.vjp style.
 
-Each method module registers its public function with its hand-written ``forward`` (returning
-``(out, residuals)``) and ``backward(residuals, dout) -> Grads``; nothing is differentiated
-automatically.
+Each public function declares its hand-written ``forward`` (returning ``(out, residuals)``) and
+``backward(residuals, dout) -> Grads`` in the method registry (:mod:`refattn._registry`); nothing is
+differentiated automatically.
 """
 
 from __future__ import annotations
@@ -10,27 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._registry import functions, lookup
 from ._xp import device, namespace
 
-__all__ = ["vjp", "defvjp", "registered"]
-
-_RULES: dict[Callable[..., Any], tuple[Callable[..., Any], Callable[..., Any]]] = {}
-
-
-def defvjp(forward: Callable[..., Any],
-           backward: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering ``(forward, backward)`` as the vjp rule of a public function."""
-
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _RULES[fn] = (forward, backward)
-        return fn
-
-    return register
+__all__ = ["vjp", "registered"]
 
 
 def registered() -> tuple[Callable[..., Any], ...]:
-    """The public functions that have a vjp rule."""
-    return tuple(_RULES)
+    """The public functions that have a vjp rule (every declared function)."""
+    return functions()
 
 
 def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable[[Any], Any]]:
@@ -44,13 +32,12 @@ def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callabl
     >>> out, pullback = refattn.vjp(refattn.softmax_attention, q, k, v, causal=True)  # doctest: +SKIP
     >>> dq, dk, dv = pullback(dout)                                                   # doctest: +SKIP
     """
-    try:
-        forward, backward = _RULES[fn]
-    except (KeyError, TypeError):
-        names = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in _RULES))
+    spec = lookup(fn)
+    if spec is None:
+        names = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in functions()))
         msg = f"fn must be a refattn public function with a registered vjp ({names}), got {fn!r}"
-        raise TypeError(msg) from None
-    out, residuals = forward(*args, **kwargs)
+        raise TypeError(msg)
+    out, residuals = spec.forward(*args, **kwargs)
 
     def pullback(dout: Any) -> Any:
         xp = namespace(out)
@@ -68,6 +55,6 @@ def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callabl
         if device(dout) != device(out):
             msg = f"dout must be on the output's device {device(out)}, got {device(dout)}"
             raise ValueError(msg)
-        return backward(residuals, dout)
+        return spec.backward(residuals, dout)
 
     return out, pullback

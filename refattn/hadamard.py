@@ -76,7 +76,7 @@ import math
 from typing import Any, NamedTuple
 
 from ._primitives import backend_primitive
-from ._vjp import defvjp
+from ._registry import Function, declare
 from ._xp import check_float_array, check_same_namespace_device, compute_dtype, device, namespace
 from .cost import Cost
 
@@ -306,7 +306,7 @@ def fwht_cost(c: int, /, *, batch: int = 1, normalized: bool = True, pad: bool =
     return Cost(flops=batch * per_vector, transcendentals=0)
 
 
-@defvjp(fwht_forward, fwht_backward)
+@declare(Function(fwht_forward, fwht_backward))
 def fwht(x: Any, /, *, axis: int = -1, normalized: bool = True, pad: bool = False,
          impl: str = "generic") -> Any:
     r"""Fast Walsh-Hadamard transform ``H_c x / sqrt(c)`` (or ``H_c x``) along ``axis``.
@@ -442,7 +442,7 @@ def wht_cost(c: int, /, *, batch: int = 1, normalized: bool = True, pad: bool = 
     return Cost(flops=base.flops + batch * c * (2 if shift else 1), transcendentals=0)
 
 
-@defvjp(wht_forward, wht_backward)
+@declare(Function(wht_forward, wht_backward))
 def wht_projection(x: Any, /, scale: Any, shift: Any = None, *, normalized: bool = True, pad: bool = False,
                    impl: str = "generic") -> Any:
     r"""004's WHT output projection ``y = scale * (H_c x / sqrt(c)) + shift`` along the last axis.

@@ -53,7 +53,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import hadamard
-from ._vjp import defvjp, registered
+from ._registry import Function, declare, functions, lookup
 from ._vjp import vjp as _vjp
 from ._xp import (
     broadcast_shapes,
@@ -186,8 +186,8 @@ def _validate(args: dict[str, Any], method_params: tuple[Any, ...], heads: Any, 
         msg = f"projection must be one of {PROJECTIONS}, got {projection!r}"
         raise ValueError(msg)
     check_positive_int("heads", heads)
-    if method not in registered():
-        names = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in registered()))
+    if lookup(method) is None:
+        names = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in functions()))
         msg = f"method must be a refattn attention function with a registered vjp ({names}), got {method!r}"
         raise TypeError(msg)
     for name, kw in (("method_kwargs", method_kwargs), ("projection_kwargs", projection_kwargs)):
@@ -298,7 +298,7 @@ def backward(res: Residuals, dy: Any, /) -> Grads:
                    else xp.astype(g, res.dtype) for g in grads))
 
 
-@defvjp(forward, backward)
+@declare(Function(forward, backward))
 def multi_head_attention(x: Any, w_q: Any, w_k: Any, w_v: Any, w_o: Any, b_q: Any = None, b_k: Any = None,
                          b_v: Any = None, b_o: Any = None, context: Any = None, /, *method_params: Any,
                          heads: int, projection: str = "dense",

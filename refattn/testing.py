@@ -58,7 +58,7 @@ from ._oracle import (
     materialize,
     register_method,
 )
-from ._vjp import _RULES
+from ._registry import lookup
 from ._vjp import vjp as _vjp
 from ._xp import device, namespace
 
@@ -743,10 +743,7 @@ class _CaseFailure(AssertionError):
 
 
 def _is_registered(fn: Any) -> bool:
-    try:
-        return fn in _RULES
-    except TypeError:
-        return False
+    return lookup(fn) is not None
 
 
 def _torch_vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable[[Any], Any]]:

@@ -563,3 +563,23 @@ def test_cli_cost_table(capsys):
     assert "counting overhead" in text
     with pytest.raises(SystemExit, match="unknown method"):
         cli_main(["cost", "nope", "--n", "8"])
+
+
+#: options a method needs beyond its defaults to be called at all (HEAT's default reading truncates
+#: to a rank, Nystrom needs a landmark count); every other method runs on its public defaults
+_CLI_OPTIONS = {"heat": ["--option", "rank=2"], "nystrom": ["--option", "num_landmarks=4"]}
+
+
+@pytest.mark.parametrize("name", sorted(refattn._registry.methods()))
+def test_cli_cost_every_registered_method(name, capsys):
+    """`refattn cost METHOD` knows every declared method, and its closed-form FLOPs equal the counted ones."""
+    assert cli_main(["cost", name, "--n", "16", "--d", "4", *_CLI_OPTIONS.get(name, [])]) == 0
+    text = capsys.readouterr().out
+    assert "TOTAL" in text
+    assert "(== counted)" in text, text
+
+
+def test_cli_cost_method_error_is_one_line(capsys):
+    assert cli_main(["cost", "heat", "--n", "16", "--d", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("refattn cost: error: heat: ") and "rank" in err[0]

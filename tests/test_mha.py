@@ -214,7 +214,8 @@ def temp_attention(q, k, v, t, /, *, causal=False):
 
 def test_method_with_positional_parameters(monkeypatch, backend):
     """*method_params reach the method after (q, k, v); their gradients come last in Grads."""
-    monkeypatch.setitem(refattn._vjp._RULES, temp_attention, (_temp_forward, _temp_backward))
+    monkeypatch.setitem(refattn._registry._BY_FUNCTION, temp_attention,
+                        refattn._registry.Function(_temp_forward, _temp_backward))
     host = make_params(5, projection="wht", bias=True, cross=True)
     t = 1.0 + 0.2 * np.random.default_rng(6).standard_normal(C // H)
     args = [*to_backend(backend, host), backend.asarray(t)]

@@ -105,7 +105,7 @@ from typing import Any, NamedTuple
 
 from .._masks import make_mask, mask_block
 from .._primitives import exp_consuming
-from .._vjp import defvjp
+from .._registry import MASK_KINDS, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
@@ -266,7 +266,7 @@ def truncate_backward(res: TruncResiduals, dout: Any, /) -> TruncGrads:
     return TruncGrads(xp.astype(da, res.dtype) if da.dtype != res.dtype else da)
 
 
-@defvjp(truncate_forward, truncate_backward)
+@declare(Function(truncate_forward, truncate_backward))
 def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, on_degenerate: str = "raise") -> Any:
     r"""Rank-``r`` Eckart-Young truncation ``A_r = U_r Sigma_r V_r^T`` of ``a (..., p, c)``.
 
@@ -571,7 +571,28 @@ def backward(res: Residuals, dout: Any, /) -> Grads:
     return Grads(*(xp.astype(g, res.dtype) if g.dtype != res.dtype else g for g in grads))
 
 
-@defvjp(forward, backward)
+def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward:
+        return None
+    return cost(s["n"], s["m"], s["d"], s["dv"], rank=opts.get("rank"), reading=opts.get("reading", "logits"),
+                basis=opts.get("basis", "k"), batch=tuple(s["batch"]),
+                additive_mask=opts.get("mask") is not None and not _is_bool_mask(opts["mask"]),
+                block_q=opts.get("block_q"))
+
+
+def _is_bool_mask(mask: Any) -> bool:
+    return str(getattr(mask, "dtype", "")).endswith("bool")
+
+
+def _oracle_shape(shape: Any, kind: str) -> Any:
+    return shape._replace(dv=shape.d)  # the Hadamard reading multiplies (n, d) by (n, dv) entrywise
+
+
+@declare(Method(
+    forward, backward, name="heat",
+    summary="HEAT: truncated-SVD low-rank attention (Catapang), precisely defined readings",
+    masks=MASK_KINDS, cost=_closed_cost, error_model="refattn._oracle:heat_hadamard_error_bound",
+    grad_error_model=True, oracle_options={"reading": "hadamard"}, adapt_shape=_oracle_shape))
 def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str = "logits",
                    basis: str = "k", mask: Any = None, causal: bool | str = False, scale: float | None = None,
                    key_lengths: Any = None, impl: str = "auto", block_q: int | None = None,

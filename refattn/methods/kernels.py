@@ -73,7 +73,7 @@ from typing import Any, NamedTuple
 from .. import random as _random
 from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
-from .._vjp import defvjp
+from .._registry import QKV, Array, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
@@ -409,7 +409,32 @@ def backward(res: Residuals, dout: Any, /) -> Any:
     return grads_type(res.kernel)(*grads)
 
 
-@defvjp(forward, backward)
+def _weights(s: Any, opts: Any, rng: Any, backend: Any, dtype: str) -> dict[str, Any]:
+    kernel = opts.get("kernel", "glu")
+    arrays = init_params(kernel, s["d"], rng=rng, backend=backend, dtype=dtype)
+    names = [f"{p}{i}" for i, u in enumerate(_parse_kernel(kernel)) for p in PARAM_NAMES[u]]
+    return dict(zip(names, arrays))
+
+
+def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward:
+        return None
+    return cost(s["n"], s["m"], s["d"], s["dv"], kernel=opts.get("kernel", "glu"), causal=opts.get("causal", False),
+                chunk=opts.get("chunk", DEFAULT_CHUNK), batch=tuple(s["batch"]))
+
+
+def _square_if_causal(shape: Any, kind: str) -> Any:
+    """Prefix-sum methods pair query ``i`` with keys ``j <= i``: the oracle's shapes take ``m = n``."""
+    return shape._replace(m=shape.n) if kind in ("causal", "bottom_right") else shape
+
+
+@declare(Method(
+    forward, backward, name="kernel",
+    summary="kernelized attention with trainable feedforward feature maps FFN/GLU/OGLU/AOGLU (Yorsh & Kovalenko)",
+    # the arrays of the default kernel="glu" (the oracle's); other kernels take PARAM_NAMES[kernel] per unit
+    arrays=(*QKV, Array("w_f0", "(..., d, D)"), Array("w_g0", "(..., d, D)")), params=_weights,
+    masks=("none", "causal", "key_lengths"), cost=_closed_cost, error_model="refattn._oracle:kernel_error_bound",
+    oracle_options={"kernel": "glu"}, adapt_shape=_square_if_causal, has_scale=False))
 def kernel_attention(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: Any = None,
                      causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
                      chunk: int = DEFAULT_CHUNK, check_finite: bool = False) -> Any:
@@ -494,7 +519,7 @@ def orthogonality_penalty_backward(res: PenaltyResiduals, dout: Any, /) -> Penal
     return PenaltyGrads(4.0 * (res.w @ res.e) * dout[..., None, None])
 
 
-@defvjp(orthogonality_penalty_forward, orthogonality_penalty_backward)
+@declare(Function(orthogonality_penalty_forward, orthogonality_penalty_backward))
 def orthogonality_penalty(w: Any, /) -> Any:
     r"""The OGLU regulariser ``||W^T W - I||_F^2`` of ``w (..., d_in, d_out)``, one value per matrix.
 

@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
-from .._vjp import defvjp
+from .._registry import Method, declare
 from .._xp import (
     check_positive_int,
     device,
@@ -299,7 +299,19 @@ def cost(n: int, m: int, d: int, dv: int, *, batch: int = 1, feature_map: Any = 
     return Cost(flops=batch * flops, transcendentals=batch * f_trans * (n + m) * d)
 
 
-@defvjp(forward, backward)
+def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward:
+        return None
+    return cost(s["n"], s["m"], s["d"], s["dv"], batch=math.prod(s["batch"]),
+                feature_map=opts.get("feature_map", "elu+1"), causal=opts.get("causal", False),
+                chunk=opts.get("chunk", DEFAULT_CHUNK), scale=opts.get("scale"))
+
+
+@declare(Method(
+    forward, backward, name="linear",
+    summary="kernelized linear attention phi(Q) (phi(K)^T V) / normaliser (Katharopoulos et al. 2020)",
+    masks=("none", "causal", "bottom_right", "key_lengths"), cost=_closed_cost,
+    error_model="refattn._oracle:linear_error_bound"))
 def linear_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
                      scale: float | None = None, key_lengths: Any = None, feature_map: Any = "elu+1",
                      eps: float = DEFAULT_EPS, chunk: int = DEFAULT_CHUNK, on_nonpositive: str = "raise",
@@ -460,7 +472,18 @@ def efficient_cost(n: int, m: int, d: int, dv: int, *, batch: int = 1, normaliza
     return Cost(flops=batch * flops, transcendentals=batch * trans)
 
 
-@defvjp(efficient_forward, efficient_backward)
+def _efficient_closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward:
+        return None
+    return efficient_cost(s["n"], s["m"], s["d"], s["dv"], batch=math.prod(s["batch"]),
+                          normalization=opts.get("normalization", "softmax"), scale=opts.get("scale"))
+
+
+@declare(Method(
+    efficient_forward, efficient_backward, name="efficient",
+    summary="efficient attention rho_q(Q) (rho_k(K)^T V) (Shen et al. 2021)",
+    masks=("none", "key_lengths"), cost=_efficient_closed_cost,
+    error_model="refattn._oracle:efficient_error_bound"))
 def efficient_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
                         scale: float | None = None, key_lengths: Any = None, normalization: str = "softmax",
                         check_finite: bool = False) -> Any:

@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _xp
 from .._masks import key_padding_keep, make_mask
-from .._vjp import defvjp
+from .._registry import QKV, Array, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
@@ -252,7 +252,27 @@ def cost(n: int, m: int, d: int, dv: int, k: int, *, batch: int = 1) -> Cost:
     return Cost(flops=batch * flops, transcendentals=batch * (n * k + n))
 
 
-@defvjp(forward, backward)
+_PROJECTIONS = (*QKV, Array("E", "(..., k, m)"), Array("F", "(..., k, m)"))
+_SIZES = {"k": lambda s: max(1, (s["m"] + 1) // 2)}
+
+
+def _projections(s: Any, opts: Any, rng: Any, backend: Any, dtype: str) -> dict[str, Any]:
+    from ..random import linformer_projection
+
+    return {name: linformer_projection(s["k"], s["m"], rng=rng, backend=backend, dtype=dtype) for name in "EF"}
+
+
+def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward:
+        return None
+    return cost(s["n"], s["m"], s["d"], s["dv"], s["k"], batch=math.prod(s["batch"]))
+
+
+@declare(Method(
+    forward, backward, name="linformer",
+    summary="Linformer: softmax(s Q (E K)^T) (F V) (Wang et al. 2020)",
+    arrays=_PROJECTIONS, sizes=_SIZES, params=_projections, masks=("none", "key_lengths"), cost=_closed_cost,
+    error_model="refattn._oracle:linformer_error_bound"))
 def linformer_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None,
                         causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
                         check_finite: bool = False) -> Any:
@@ -378,7 +398,18 @@ def verma_cost(n: int, m: int, d: int, dv: int, k: int, *, batch: int = 1, order
     return Cost(flops=batch * flops, transcendentals=batch * (th + tl))
 
 
-@defvjp(verma_forward, verma_backward)
+def _verma_closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward:
+        return None
+    return verma_cost(s["n"], s["m"], s["d"], s["dv"], s["k"], batch=math.prod(s["batch"]),
+                      order=opts.get("order", "H(LX)"))
+
+
+@declare(Method(
+    verma_forward, verma_backward, name="verma",
+    summary="Verma's modified Linformer: a product of two softmaxes and F V (Verma 2023)",
+    arrays=_PROJECTIONS, sizes=_SIZES, params=_projections, masks=("none", "key_lengths"),
+    cost=_verma_closed_cost, error_model="refattn._oracle:verma_error_bound"))
 def verma_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None,
                     causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
                     order: str = "H(LX)", check_finite: bool = False) -> Any:

@@ -137,7 +137,7 @@ from typing import Any, NamedTuple
 from .. import cost as _cost_module
 from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
-from .._vjp import defvjp
+from .._registry import Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_finite,
@@ -528,7 +528,7 @@ def _iterative_pinv_backward(res: _PinvRes, zbar: Any, /) -> PinvGrads:
     return PinvGrads(_pinv_backward(xp, res, zbar))
 
 
-@defvjp(_iterative_pinv_forward, _iterative_pinv_backward)
+@declare(Function(_iterative_pinv_forward, _iterative_pinv_backward))
 def iterative_pinv(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scale: float | None = None,
                    on_divergence: str = "raise", pinv_tol: float | None = None) -> Any:
     r"""Razavi et al.'s iterative Moore-Penrose inverse of ``a (..., m, m)``, as Nystromformer uses it.
@@ -558,7 +558,7 @@ def _exact_pinv_forward(a: Any, /, *, rtol: float | None = None) -> tuple[Any, _
                          on_divergence="ignore", pinv_tol=None)
 
 
-@defvjp(_exact_pinv_forward, _iterative_pinv_backward)
+@declare(Function(_exact_pinv_forward, _iterative_pinv_backward))
 def exact_pinv(a: Any, /, *, rtol: float | None = None) -> Any:
     """``xp.linalg.pinv(a, rtol=rtol)`` with the hand-written backward of the pseudoinverse (Golub-Pereyra).
 
@@ -849,7 +849,31 @@ def _conv_backward(xp: Any, g: Any, w: Any, vp: Any, keep: Any) -> tuple[Any, An
     return dv_conv, dw
 
 
-@defvjp(forward, backward)
+def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward or opts.get("mask") is not None or opts.get("key_lengths") is not None:
+        return None
+    landmarks = opts.get("num_landmarks") or min(s["n"], s["m"])
+    return cost(s["n"], s["d"], s["dv"], num_landmarks=landmarks, m_keys=s["m"], batch=tuple(s["batch"]),
+                pinv=opts.get("pinv", "iterative"), iterations=opts.get("iterations", DEFAULT_ITERATIONS),
+                on_divergence=opts.get("on_divergence", "raise"), pinv_tol=opts.get("pinv_tol"),
+                conv_kernel_size=opts.get("conv_kernel_size"), itemsize=s["dtype_bytes"])
+
+
+def _oracle_shape(shape: Any, kind: str) -> Any:
+    r = ORACLE_LANDMARKS
+    return shape._replace(n=max(shape.n, r), m=max(shape.m, r))
+
+
+#: the oracle's landmark count (its error model is derived for exact-pinv Nystrom with these)
+ORACLE_LANDMARKS = 2
+
+
+@declare(Method(
+    forward, backward, name="nystrom",
+    summary="Nystromformer: softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V (Xiong et al. 2021)",
+    masks=("none", "key_lengths"), oracle_masks=("none",), cost=_closed_cost,
+    error_model="refattn._oracle:nystrom_error_bound",
+    oracle_options={"num_landmarks": ORACLE_LANDMARKS, "pinv": "exact"}, adapt_shape=_oracle_shape))
 def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: bool | str = False,
                       scale: float | None = None, key_lengths: Any = None, num_landmarks: int | None = None,
                       pinv: str = "iterative", iterations: int = DEFAULT_ITERATIONS, pinv_rtol: float | None = None,

@@ -123,7 +123,7 @@ import math
 from typing import Any, NamedTuple
 
 from .._masks import key_padding_keep, make_mask
-from .._vjp import defvjp
+from .._registry import QKV, Array, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
@@ -334,17 +334,17 @@ _STAB_DOC = """stabilize : {None, "row", "all"}
     """
 
 
-@defvjp(trig_features_forward, features_backward)
+@declare(Function(trig_features_forward, features_backward))
 def trig_features(x: Any, w: Any, /, *, check_finite: bool = True) -> Any:
     return trig_features_forward(x, w, check_finite=check_finite)[0]
 
 
-@defvjp(positive_features_forward, features_backward)
+@declare(Function(positive_features_forward, features_backward))
 def positive_features(x: Any, w: Any, /, *, stabilize: str | None = None, check_finite: bool = True) -> Any:
     return positive_features_forward(x, w, stabilize=stabilize, check_finite=check_finite)[0]
 
 
-@defvjp(hyperbolic_features_forward, features_backward)
+@declare(Function(hyperbolic_features_forward, features_backward))
 def hyperbolic_features(x: Any, w: Any, /, *, stabilize: str | None = None, check_finite: bool = True) -> Any:
     return hyperbolic_features_forward(x, w, stabilize=stabilize, check_finite=check_finite)[0]
 
@@ -623,7 +623,34 @@ def _unit_backward(xp: Any, e: Any, norm: Any, g: Any) -> Any:
     return (g - e * xp.sum(e * g, axis=-1, keepdims=True)) / norm
 
 
-@defvjp(forward, backward)
+def _projection(s: Any, opts: Any, rng: Any, backend: Any, dtype: str) -> dict[str, Any]:
+    from ..random import gaussian_projection
+
+    return {"W": gaussian_projection(s["D"], s["d"], rng=rng, backend=backend, dtype=dtype)}
+
+
+def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
+    if backward:
+        return None
+    return cost(s["n"], s["m"], s["d"], s["dv"], s["D"], batch=math.prod(s["batch"]),
+                features=opts.get("features", "positive"), kernel=opts.get("kernel", "softmax"),
+                causal=opts.get("causal", False), normalize=opts.get("normalize", False),
+                stabilize=opts.get("stabilize", True),
+                masked=opts.get("mask") is not None or opts.get("key_lengths") is not None,
+                chunk=opts.get("chunk", DEFAULT_CHUNK))
+
+
+def square_if_causal(shape: Any, kind: str) -> Any:
+    """Prefix-sum methods pair query ``i`` with keys ``j <= i``: the oracle's shapes take ``m = n``."""
+    return shape._replace(m=shape.n) if kind in ("causal", "bottom_right") else shape
+
+
+@declare(Method(
+    forward, backward, name="random_feature",
+    summary="random-feature attention: RFA (sin/cos) and Performer FAVOR+ (positive / hyperbolic features)",
+    arrays=(*QKV, Array("W", "(..., D, d)", differentiable=True)), sizes={"D": lambda s: 2 * s["d"] + 2},
+    params=_projection, masks=("none", "causal", "key_lengths"), cost=_closed_cost,
+    error_model="refattn._oracle:random_feature_error_bound", adapt_shape=square_if_causal))
 def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive",
                              kernel: str = "softmax", mask: Any = None, causal: bool | str = False,
                              scale: float | None = None, sigma: float | None = None,

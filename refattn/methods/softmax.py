@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 from .._masks import MaskSpec, _causal_offset, make_mask, mask_block
 from .._primitives import exp_consuming
-from .._vjp import defvjp
+from .._registry import MASK_KINDS, Method, declare
 from .._xp import check_positive_int, device, resolve_scale, to_working, unbroadcast, validate_qkv
 
 __all__ = ["softmax_attention", "forward", "backward", "cost", "Residuals", "Grads", "IMPLS",
@@ -262,7 +262,21 @@ def backward(res: Residuals, dout: Any, /) -> Grads:
     return Grads(*(xp.astype(g, res.dtype) if g.dtype != res.dtype else g for g in grads))
 
 
-@defvjp(forward, backward)
+def _closed_cost(s: Any, opts: Any, backward: bool) -> Any:
+    impl = opts.get("impl", "auto")
+    if impl == "auto":
+        dense = math.prod(s["batch"]) * s["n"] * s["m"] * s["dtype_bytes"] <= AUTO_DENSE_LIMIT_BYTES
+        impl = "dense" if dense else "blockwise"
+    return cost(s["batch"], s["n"], s["m"], s["d"], s["dv"], impl=impl, backward=backward,
+                causal=opts.get("causal", False), block_q=opts.get("block_q") or DEFAULT_BLOCK_Q,
+                block_k=opts.get("block_k") or DEFAULT_BLOCK_K, dtype_bytes=s["dtype_bytes"])
+
+
+@declare(Method(
+    forward, backward, name="softmax",
+    summary="exact softmax attention softmax(s Q K^T + B) V, dense or blockwise (online softmax)",
+    masks=MASK_KINDS, cost=_closed_cost,
+    error_model="refattn._oracle:softmax_error_bound", grad_error_model=True))
 def softmax_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
                       scale: float | None = None, key_lengths: Any = None, impl: str = "auto",
                       block_q: int | None = None, block_k: int | None = None,
