@@ -8,6 +8,7 @@ catalogue are ``(spec, class)`` pairs where the class applies to the spec.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,12 @@ import numpy as np
 import refattn
 from refattn import hadamard
 from refattn import random as rrandom
+from refattn._registry import QKV as _QKV_ARRAYS
+from refattn._registry import get_method
 from refattn.methods import heat, kernels, linformer, nystrom
 
 N, M, D, DV = 5, 5, 3, 2
+QKV = tuple(a.name for a in _QKV_ARRAYS)
 BATCH = (2, 3)
 
 
@@ -141,53 +145,56 @@ def _segment_means(n: int = N, m: int = M) -> tuple[list[Any], dict[str, Any]]:
     return [_g(25, 2, n, D), 2], {}
 
 
-QKV = ("q", "k", "v")
+def _method(name: str, build: Callable[..., tuple[list[Any], dict[str, Any]]], *, variant: str = "",
+            names: tuple[str, ...] | None = None, sizes: dict[str, Any] | None = None) -> Spec:
+    """The spec of a declared attention method: function, argument names, parameter positions and
+    which of ``mask``/``check_finite`` it takes come from its registry declaration."""
+    method = get_method(name)
+    names = names or tuple(a.name for a in method.arrays)
+    label = method.function.__name__ + (f"[{variant}]" if variant else "")
+    return Spec(label, method.function, names, build, qkv=True, params=tuple(range(3, len(names))),
+                mask="mask" in method.options, sizes=dict(sizes or {}),
+                has_check_finite="check_finite" in method.options)
+
+
+def _function(fn: Callable[..., Any], names: tuple[str, ...], build: Callable[..., tuple[list[Any], dict[str, Any]]],
+              *, params: tuple[int, ...] = (), sizes: dict[str, Any] | None = None, min_rank: int = 2) -> Spec:
+    """The spec of any other public function (``check_finite`` read from its signature)."""
+    has = "check_finite" in inspect.signature(fn).parameters
+    return Spec(fn.__name__, fn, names, build, params=params, sizes=dict(sizes or {}), has_check_finite=has,
+                min_rank=min_rank)
+
 
 SPECS: list[Spec] = [
-    Spec("softmax_attention", refattn.softmax_attention, QKV, _plain(), qkv=True, mask=True,
-         sizes={"block_q": 2, "block_k": 2}, has_check_finite=True),
-    Spec("softmax_attention[blockwise]", refattn.softmax_attention, QKV, _plain({"impl": "blockwise", "block_k": 2}),
-         qkv=True, mask=True, sizes={"block_q": 2}, has_check_finite=True),
-    Spec("linear_attention", refattn.linear_attention, QKV, _plain(), qkv=True, mask=True,
-         sizes={"chunk": 2}, has_check_finite=True),
-    Spec("linear_attention[causal]", refattn.linear_attention, QKV, _plain({"causal": True, "chunk": 2}),
-         qkv=True, mask=True, sizes={"chunk": 2}, has_check_finite=True),
-    Spec("efficient_attention", refattn.efficient_attention, QKV, _plain(), qkv=True, mask=True,
-         has_check_finite=True),
-    Spec("linformer_attention", refattn.linformer_attention, (*QKV, "E", "F"), _linformer, qkv=True,
-         params=(3, 4), mask=True, has_check_finite=True),
-    Spec("verma_attention", refattn.verma_attention, (*QKV, "E", "F"), _linformer, qkv=True,
-         params=(3, 4), mask=True, has_check_finite=True),
-    Spec("verma_projections", linformer.verma_projections, ("r",), _verma_proj),
-    Spec("random_feature_attention", refattn.random_feature_attention, (*QKV, "W"), _rfa, qkv=True,
-         params=(3,), mask=True, sizes={"chunk": 2}, has_check_finite=True),
-    Spec("random_feature_attention[causal,hyperbolic]", refattn.random_feature_attention, (*QKV, "W"),
-         lambda n=N, m=M: (_rfa(n, m)[0], {"causal": True, "features": "hyperbolic", "chunk": 2}),
-         qkv=True, params=(3,), mask=True, sizes={"chunk": 2}, has_check_finite=True),
-    Spec("trig_features", refattn.trig_features, ("x", "W"), _features, params=(1,), has_check_finite=True),
-    Spec("positive_features", refattn.positive_features, ("x", "W"), _features, params=(1,),
-         has_check_finite=True),
-    Spec("hyperbolic_features", refattn.hyperbolic_features, ("x", "W"), _features, params=(1,),
-         has_check_finite=True),
-    Spec("nystrom_attention", refattn.nystrom_attention, QKV, _nystrom, qkv=True, mask=True,
-         sizes={"num_landmarks": 2, "iterations": 6}, has_check_finite=True),
-    Spec("nystrom_attention[landmarks]", refattn.nystrom_attention, (*QKV, "q_landmarks", "k_landmarks"),
-         _nystrom_landmarks, qkv=True, params=(3, 4), mask=True, has_check_finite=True),
-    Spec("iterative_pinv", nystrom.iterative_pinv, ("a",), _square, sizes={"iterations": 6}),
-    Spec("exact_pinv", nystrom.exact_pinv, ("a",), _square),
-    Spec("segment_means", nystrom.segment_means, ("x",), _segment_means),
-    Spec("heat_attention", refattn.heat_attention, QKV, _heat, qkv=True, mask=True,
-         sizes={"rank": 2}, has_check_finite=True),
-    Spec("truncate", heat.truncate, ("a",), _truncate, sizes={"rank": 2}),
-    Spec("kernel_attention", refattn.kernel_attention, (*QKV, "w_f0", "w_g0"), _kernel, qkv=True,
-         params=(3, 4), mask=True, sizes={"chunk": 2}, has_check_finite=True),
-    Spec("feature_map", kernels.feature_map, ("x", "w_f0", "w_g0"), _feature_map, params=(1, 2)),
-    Spec("orthogonality_penalty", kernels.orthogonality_penalty, ("w",), _penalty),
-    Spec("fwht", refattn.fwht, ("x",), _fwht, min_rank=1),
-    Spec("wht_projection", refattn.wht_projection, ("x", "scale", "shift"), _wht, params=(1, 2), min_rank=1),
-    Spec("multi_head_attention", refattn.multi_head_attention, ("x", "w_q", "w_k", "w_v", "w_o"), _mha,
-         params=(1, 2, 3, 4), sizes={"heads": 2}, min_rank=2),
-    Spec("causal_dot", refattn.causal_dot, ("a", "b", "c"), _causal_dot, sizes={"chunk": 2}),
+    _method("softmax", _plain(), sizes={"block_q": 2, "block_k": 2}),
+    _method("softmax", _plain({"impl": "blockwise", "block_k": 2}), variant="blockwise", sizes={"block_q": 2}),
+    _method("linear", _plain(), sizes={"chunk": 2}),
+    _method("linear", _plain({"causal": True, "chunk": 2}), variant="causal", sizes={"chunk": 2}),
+    _method("efficient", _plain()),
+    _method("linformer", _linformer),
+    _method("verma", _linformer),
+    _function(linformer.verma_projections, ("r",), _verma_proj),
+    _method("random_feature", _rfa, sizes={"chunk": 2}),
+    _method("random_feature", lambda n=N, m=M: (_rfa(n, m)[0], {"causal": True, "features": "hyperbolic", "chunk": 2}),
+            variant="causal,hyperbolic", sizes={"chunk": 2}),
+    _function(refattn.trig_features, ("x", "W"), _features, params=(1,)),
+    _function(refattn.positive_features, ("x", "W"), _features, params=(1,)),
+    _function(refattn.hyperbolic_features, ("x", "W"), _features, params=(1,)),
+    _method("nystrom", _nystrom, sizes={"num_landmarks": 2, "iterations": 6}),
+    _method("nystrom", _nystrom_landmarks, variant="landmarks", names=(*QKV, "q_landmarks", "k_landmarks")),
+    _function(nystrom.iterative_pinv, ("a",), _square, sizes={"iterations": 6}),
+    _function(nystrom.exact_pinv, ("a",), _square),
+    _function(nystrom.segment_means, ("x",), _segment_means),
+    _method("heat", _heat, sizes={"rank": 2}),
+    _function(heat.truncate, ("a",), _truncate, sizes={"rank": 2}),
+    _method("kernel", _kernel, sizes={"chunk": 2}),
+    _function(kernels.feature_map, ("x", "w_f0", "w_g0"), _feature_map, params=(1, 2)),
+    _function(kernels.orthogonality_penalty, ("w",), _penalty),
+    _function(refattn.fwht, ("x",), _fwht, min_rank=1),
+    _function(refattn.wht_projection, ("x", "scale", "shift"), _wht, params=(1, 2), min_rank=1),
+    _function(refattn.multi_head_attention, ("x", "w_q", "w_k", "w_v", "w_o"), _mha, params=(1, 2, 3, 4),
+              sizes={"heads": 2}),
+    _function(refattn.causal_dot, ("a", "b", "c"), _causal_dot, sizes={"chunk": 2}),
 ]
 
 # Host-side samplers: (name, callable(**sizes), valid sizes)
