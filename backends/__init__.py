@@ -3,7 +3,7 @@
 A :class:`Backend` bundles an array-API namespace with what the library and the tests need from a
 concrete array library: moving host (NumPy) data in and out, synchronising, and measuring peak
 memory. Built in: ``numpy`` (default), ``array_api_strict``, ``torch`` (CPU, or CUDA with
-``device="cuda"``) and ``cupy``. Third parties register a factory ``(device=None) -> Backend``
+``device="cuda"``) ``cupy``, ``dask`` (lazy, chunked) and ``jax``. Third parties register a factory ``(device=None) -> Backend``
 under the entry-point group ``refattn.backends``; it is loaded only when asked for.
 
 A backend may also offer faster implementations of named primitives (``primitives["fwht"]``...);
@@ -71,6 +71,8 @@ _BUILTIN = {
     "array_api_strict": ("refattn.backends._strict", "test"),
     "torch": ("refattn.backends._torch", "peers"),
     "cupy": ("refattn.backends._cupy", "gpu"),
+    "dask": ("refattn.backends._dask", "dask"),
+    "jax": ("refattn.backends._jax", "jax"),
 }
 _REGISTERED: dict[str, Callable[..., Backend]] = {}
 
