@@ -3,8 +3,8 @@
 A :class:`Backend` bundles an array-API namespace with what the library and the tests need from a
 concrete array library: moving host (NumPy) data in and out, synchronising, and measuring peak
 memory. Built in: ``numpy`` (default), ``array_api_strict``, ``torch`` (CPU, or CUDA with
-``device="cuda"``) ``cupy``, ``dask`` (lazy, chunked) and ``jax``. Third parties register a factory ``(device=None) -> Backend``
-under the entry-point group ``refattn.backends``; it is loaded only when asked for.
+``device="cuda"``), ``cupy``, ``dask`` (lazy, chunked) and ``jax``. Third parties register a factory
+``(device=None) -> Backend`` under the entry-point group ``refattn.backends``; it is loaded only when asked for.
 
 A backend may also offer faster implementations of named primitives (``primitives["fwht"]``...);
 refattn's generic array-API versions remain the oracle that tests compare them with.

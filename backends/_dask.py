@@ -26,9 +26,9 @@ def why_unavailable() -> str:
 
 
 def make(device=None) -> Backend:
+    import array_api_compat.dask.array as xp
     import dask
     import dask.array as da
-    import array_api_compat.dask.array as xp
 
     chunks = "auto" if device is None or device == "cpu" else device
 
