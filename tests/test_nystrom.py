@@ -649,8 +649,9 @@ def test_on_divergence_is_deprecated_for_errors():
     rs = np.random.default_rng(7)
     a = _matrix_with_cond(rs, 6, 5.0)
     c = 5.0 / np.linalg.norm(a, 2) ** 2
-    with pytest.warns(DeprecationWarning, match="on_divergence='ignore' is deprecated; use errors='ignore'"):
+    with pytest.warns(DeprecationWarning, match="on_divergence='ignore' is deprecated; use errors='ignore'") as rec:
         z_old = N.iterative_pinv(a, iterations=4, init_scale=c, on_divergence="ignore")
+    assert rec[0].filename == __file__  # attributed to the caller, so Python's default filters show it
     np.testing.assert_array_equal(z_old, N.iterative_pinv(a, iterations=4, init_scale=c, errors="ignore"))
     with pytest.warns(DeprecationWarning, match="use errors='warn'"), \
             pytest.warns(N.PinvConvergenceWarning, match="diverged"):
@@ -662,8 +663,10 @@ def test_on_divergence_is_deprecated_for_errors():
     q, k, v = host_qkv(29, batch=(2,), n=8, m=8, d=3, dv=2)
     want = refattn.nystrom_attention(q, k, v, num_landmarks=3, errors="ignore")
     for fn in (refattn.nystrom_attention, lambda *a, **kw: N.forward(*a, **kw)[0]):
-        with pytest.warns(DeprecationWarning, match="use errors='ignore'"):
-            np.testing.assert_array_equal(fn(q, k, v, num_landmarks=3, on_divergence="ignore"), want)
+        with pytest.warns(DeprecationWarning, match="use errors='ignore'") as rec:
+            got = fn(q, k, v, num_landmarks=3, on_divergence="ignore")
+        np.testing.assert_array_equal(got, want)
+        assert rec[0].filename == __file__
     with pytest.warns(DeprecationWarning, match="use errors='ignore'"):
         old = N.cost(8, 3, 2, num_landmarks=3, on_divergence="ignore")
     assert old == N.cost(8, 3, 2, num_landmarks=3, errors="ignore") != N.cost(8, 3, 2, num_landmarks=3)
