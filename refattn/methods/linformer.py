@@ -20,8 +20,8 @@ array raises ``ValueError`` (unless ``k == m``). ``k > m`` is rejected: the proj
 reduce anything and Linformer's JL lemma assumes ``k <= m``.
 
 The softmax part is exactly :func:`refattn.softmax_attention` (dense path) applied to
-``(q, E K, F V)`` (called as the softmax module's implementation, so nothing is validated twice); its
-backward gives ``dq``, ``d(EK)``, ``d(FV)``, and then
+``(q, E K, F V)`` (through ``_softmax_dense``, the one call into the softmax module, with the
+inputs already validated here); its backward gives ``dq``, ``d(EK)``, ``d(FV)``, and then
 ``dE = d(EK) K^T``, ``dK = E^T d(EK)``, ``dF = d(FV) V^T``, ``dV = F^T d(FV)``.
 
 Masks: key padding only, applied **before** the projection: rows of ``K`` and ``V`` of padded keys
