@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -136,8 +138,22 @@ def legacy_policy(errors: Any, legacy: dict[str, Any], *, mapping: dict[str, dic
         msg = f"{old} must be one of {tuple(table)}, got {value!r}"
         raise ValueError(msg)
     new = table[value]
-    warnings.warn(f"{old}={value!r} is deprecated; use errors={new!r}", DeprecationWarning, stacklevel=3)
+    warnings.warn(f"{old}={value!r} is deprecated; use errors={new!r}", DeprecationWarning,
+                  stacklevel=_caller_stacklevel())
     return new
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` (for a ``warnings.warn`` in the function calling this one) of the first frame
+    outside the refattn package, so that a deprecation is attributed to the user's call (and shown by
+    Python's default filters) however deep inside refattn it was resolved."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def report(errors: str, message: str, *, error: type[Exception] = ValueError,

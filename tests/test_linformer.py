@@ -460,6 +460,40 @@ def test_closed_form_cost_equals_counted(kind):
     assert counted.transcendentals == closed.transcendentals
 
 
+@pytest.mark.parametrize("n,m,d,dv,k", [(7, 9, 4, 5, 4), (16, 16, 8, 3, 1), (5, 12, 2, 6, 12)])
+def test_module_docstring_cost_formula_is_what_cost_counts(n, m, d, dv, k):
+    """The total the module docstring states, 2 k m (d + dv) + 2 n k (d + dv) + 3 n k + n d + n dv - n,
+    is cost() exactly and what the counting namespace counts (the docstring once left out 3 n k + n d)."""
+    formula = 2 * k * m * (d + dv) + 2 * n * k * (d + dv) + 3 * n * k + n * d + n * dv - n
+    assert "2 k m (d + d_v) + 2 n k (d + d_v) + 3 n k + n d + n d_v - n" in linformer.__doc__
+    assert linformer.cost(n, m, d, dv, k).flops == formula
+    q, kk, v = host_qkv(31, batch=(), n=n, m=m, d=d, dv=dv)
+    rs = np.random.default_rng(32)
+    E, F = rs.standard_normal((2, k, m))
+    assert measure(refattn.linformer_attention, q, kk, v, E, F).flops == formula
+
+
+@pytest.mark.parametrize("fn", [refattn.linformer_attention, refattn.verma_attention])
+def test_check_finite_default_and_flag(fn):
+    """check_finite=True by default (NaN in any input raises naming it); False lets NaN propagate;
+    only True/False are accepted."""
+    q, k, v, E, F = _case(33)
+    bad = q.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="q must be finite"):
+        fn(bad, k, v, E, F)
+    badF = F.copy()
+    badF[0, 0] = np.inf
+    with pytest.raises(ValueError, match="F must be finite"):
+        fn(q, k, v, E, badF)
+    with np.errstate(invalid="ignore"):
+        out = fn(bad, k, v, E, F, check_finite=False)
+    assert np.isnan(out[0, 0, 0]).all() and np.isfinite(out[1]).all()
+    for flag in (1, "yes", None):
+        with pytest.raises(TypeError, match="check_finite must be True or False"):
+            fn(q, k, v, E, F, check_finite=flag)
+
+
 def test_verma_total_cost_grows_with_k():
     """The whole modified Linformer (E K and F V included) is not independent of k: its closed-form
     FLOPs increase by exactly 2 m (d + dv) + 2 d dv + 5 d per unit of k (order H(LX))."""

@@ -256,10 +256,10 @@ def test_failure_mode_when_the_condition_is_violated(init_scale_factor):
     with pytest.raises(N.PinvConvergenceError, match="diverged"):
         N.iterative_pinv(a, iterations=4, init_scale=c)
     with pytest.warns(N.PinvConvergenceWarning, match="diverged"):
-        N.iterative_pinv(a, iterations=4, init_scale=c, on_divergence="warn")
+        N.iterative_pinv(a, iterations=4, init_scale=c, errors="warn")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        N.iterative_pinv(a, iterations=4, init_scale=c, on_divergence="ignore")
+        N.iterative_pinv(a, iterations=4, init_scale=c, errors="ignore")
     with pytest.raises(N.PinvConvergenceError, match="non-finite"), np.errstate(all="ignore"):
         N.iterative_pinv(a, iterations=60, init_scale=c)
 
@@ -623,7 +623,10 @@ def test_bad_options(backend):
         ({"iterations": 2.5}, (), ValueError, "non-negative integer"),
         ({"iterations": True}, (), ValueError, "non-negative integer"),
         ({"pinv": "svd"}, (), ValueError, "pinv must be one of"),
+        ({"errors": "print"}, (), ValueError, "errors must be one of"),
         ({"on_divergence": "print"}, (), ValueError, "on_divergence must be one of"),
+        ({"errors": "warn", "on_divergence": "warn"}, (), TypeError, "give the failure policy once"),
+        ({"check_finite": 1}, (), TypeError, "check_finite must be True or False"),
         ({"pinv_tol": 0.0}, (), ValueError, "pinv_tol"),
         ({"pinv_tol": "1e-3"}, (), TypeError, "pinv_tol"),
         ({"pinv_rtol": -1.0}, (), ValueError, "pinv_rtol"),
@@ -638,6 +641,71 @@ def test_bad_options(backend):
     q2, k2, v2 = to(backend, *host_qkv(22, batch=(2,), n=6, m=5, d=3, dv=2))
     with pytest.raises(ValueError, match="n == mk"):
         refattn.nystrom_attention(q2, k2, v2, w, num_landmarks=2, conv_kernel_size=3)
+
+
+def test_on_divergence_is_deprecated_for_errors():
+    """on_divergence= still works (same results, same reports) with a DeprecationWarning naming
+    errors=, in nystrom_attention, forward, iterative_pinv and cost; errors= alone does not warn."""
+    rs = np.random.default_rng(7)
+    a = _matrix_with_cond(rs, 6, 5.0)
+    c = 5.0 / np.linalg.norm(a, 2) ** 2
+    with pytest.warns(DeprecationWarning, match="on_divergence='ignore' is deprecated; use errors='ignore'") as rec:
+        z_old = N.iterative_pinv(a, iterations=4, init_scale=c, on_divergence="ignore")
+    assert rec[0].filename == __file__  # attributed to the caller, so Python's default filters show it
+    np.testing.assert_array_equal(z_old, N.iterative_pinv(a, iterations=4, init_scale=c, errors="ignore"))
+    with pytest.warns(DeprecationWarning, match="use errors='warn'"), \
+            pytest.warns(N.PinvConvergenceWarning, match="diverged"):
+        N.iterative_pinv(a, iterations=4, init_scale=c, on_divergence="warn")
+    with pytest.warns(DeprecationWarning, match="use errors='raise'"), pytest.raises(N.PinvConvergenceError):
+        N.iterative_pinv(a, iterations=4, init_scale=c, on_divergence="raise")
+    with pytest.raises(TypeError, match="give the failure policy once"):
+        N.iterative_pinv(a, errors="raise", on_divergence="raise")
+    q, k, v = host_qkv(29, batch=(2,), n=8, m=8, d=3, dv=2)
+    want = refattn.nystrom_attention(q, k, v, num_landmarks=3, errors="ignore")
+    for fn in (refattn.nystrom_attention, lambda *a, **kw: N.forward(*a, **kw)[0]):
+        with pytest.warns(DeprecationWarning, match="use errors='ignore'") as rec:
+            got = fn(q, k, v, num_landmarks=3, on_divergence="ignore")
+        np.testing.assert_array_equal(got, want)
+        assert rec[0].filename == __file__
+    with pytest.warns(DeprecationWarning, match="use errors='ignore'"):
+        old = N.cost(8, 3, 2, num_landmarks=3, on_divergence="ignore")
+    assert old == N.cost(8, 3, 2, num_landmarks=3, errors="ignore") != N.cost(8, 3, 2, num_landmarks=3)
+
+
+def test_pinv_option_checks():
+    """The shared validators name the argument: init_scale, iterations, pinv_tol, rtol, errors."""
+    a = np.eye(3)
+    for kw, exc, match in [({"init_scale": "1"}, TypeError, "init_scale"),
+                           ({"init_scale": math.nan}, ValueError, "init_scale"),
+                           ({"iterations": -1}, ValueError, "iterations must be a non-negative integer"),
+                           ({"pinv_tol": -1.0}, ValueError, "pinv_tol"),
+                           ({"errors": "print"}, ValueError, "errors must be one of")]:
+        with pytest.raises(exc, match=match):
+            N.iterative_pinv(a, **kw)
+    with pytest.raises(ValueError, match="rtol"):
+        N.exact_pinv(a, rtol=-1.0)
+    with pytest.raises(ValueError, match="iterations"):
+        N.pinv_iterates(a, iterations=-1)
+    with pytest.raises(ValueError, match="positive integer"):
+        N.segment_means(a, 0)
+    np.testing.assert_array_equal(N.segment_means(a, np.int64(3)), a)  # NumPy integers are integers
+
+
+def test_check_finite_default():
+    """check_finite=True by default: NaN/inf in q, k, v or a positional parameter raise naming it;
+    check_finite=False lets them reach the pseudoinverse, which reports non-finite iterates."""
+    q, k, v = host_qkv(30, batch=(), n=8, m=8, d=3, dv=2)
+    rs = np.random.default_rng(30)
+    qt, kt = rs.standard_normal((2, 3, 3))
+    bad = kt.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="k_landmarks must be finite"):
+        refattn.nystrom_attention(q, k, v, qt, bad)
+    with pytest.raises(N.PinvConvergenceError, match="non-finite"), np.errstate(all="ignore"):
+        refattn.nystrom_attention(q, k, v, qt, bad, check_finite=False)
+    with np.errstate(all="ignore"):
+        out = refattn.nystrom_attention(q, k, v, qt, bad, check_finite=False, errors="ignore")
+    assert np.isnan(out).all()
 
 
 def test_singular_or_badly_scaled_landmark_matrix():
@@ -667,9 +735,9 @@ def test_singular_or_badly_scaled_landmark_matrix():
     bad = q.copy()
     bad[0, 0] = np.inf
     with pytest.raises(N.PinvConvergenceError, match="non-finite"), np.errstate(all="ignore"):
-        refattn.nystrom_attention(bad, k, v, num_landmarks=5)
-    with pytest.raises(ValueError, match="finite"):
-        refattn.nystrom_attention(bad, k, v, num_landmarks=5, check_finite=True)
+        refattn.nystrom_attention(bad, k, v, num_landmarks=5, check_finite=False)
+    with pytest.raises(ValueError, match="q must be finite"):
+        refattn.nystrom_attention(bad, k, v, num_landmarks=5)  # check_finite=True by default
 
 
 # ----------------------------------------------------------------------------- precision
@@ -703,7 +771,7 @@ def test_half_precision_is_computed_in_float32():
 COST_CASES = [
     ({"pinv": "iterative"}, 4, 0),
     ({"pinv": "iterative", "iterations": 0}, 4, 0),
-    ({"pinv": "iterative", "on_divergence": "ignore"}, 3, 0),
+    ({"pinv": "iterative", "errors": "ignore"}, 3, 0),
     ({"pinv": "iterative", "pinv_tol": 5.0}, 4, 0),  # r_J / sqrt(m) <= 1 always: never raises
     ({"pinv": "iterative", "iterations": 0, "pinv_tol": 5.0}, 4, 0),
     ({"pinv": "iterative", "conv_kernel_size": 3}, 4, 3),

@@ -268,7 +268,7 @@ def test_nystrom_ill_conditioned_pinv_is_detected_and_reported(eps):
         with pytest.raises(nystrom.PinvConvergenceError, match="diverged|non-finite"):
             nystrom.iterative_pinv(a, init_scale=5.0 / s[0] ** 2)
         with pytest.warns(nystrom.PinvConvergenceWarning):
-            nystrom.iterative_pinv(a, init_scale=5.0 / s[0] ** 2, on_divergence="warn")
+            nystrom.iterative_pinv(a, init_scale=5.0 / s[0] ** 2, errors="warn")
         # Not flagged as divergence (documented: only pinv_tol catches it): alpha = 3 / s_max^2 gives
         # e_0 = -2, a fixed point of e^3 (3 + e) / 4, so the residual stays put instead of growing.
         z = nystrom.iterative_pinv(a, init_scale=3.0 / s[0] ** 2)

@@ -81,7 +81,7 @@ def _error_vs_m(ctx: Context) -> tuple[Figure, str]:
     for what, (q, k, v) in inputs.items():
         args = _to(ctx, q, k, v)
         want = _host(ctx, refattn.softmax_attention(*args))
-        for name, kw in (("exact pinv", {"pinv": "exact"}), ("6 iterations", {"on_divergence": "ignore"})):
+        for name, kw in (("exact pinv", {"pinv": "exact"}), ("6 iterations", {"errors": "ignore"})):
             errs = series.setdefault(f"{what}, {name}", [])
             for m in ms:
                 out = _host(ctx, refattn.nystrom_attention(*args, num_landmarks=m, **kw))
@@ -119,7 +119,7 @@ def nys_exact(ctx: Context):
         worst_ratio, worst_err = max(worst_ratio, err / bound), max(worst_err, err)
         errs.append(err)
         for j, acc in ((6, it6), (40, it40)):
-            o = _host(ctx, refattn.nystrom_attention(*args, num_landmarks=n, iterations=j, on_divergence="ignore"))
+            o = _host(ctx, refattn.nystrom_attention(*args, num_landmarks=n, iterations=j, errors="ignore"))
             acc.append(float(np.abs(o - want).max() / np.abs(want).max()))
     status = "holds" if worst_ratio <= 1 else "fails"
     fig, curve = _error_vs_m(ctx)

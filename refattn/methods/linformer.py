@@ -20,7 +20,8 @@ array raises ``ValueError`` (unless ``k == m``). ``k > m`` is rejected: the proj
 reduce anything and Linformer's JL lemma assumes ``k <= m``.
 
 The softmax part is exactly :func:`refattn.softmax_attention` (dense path) applied to
-``(q, E K, F V)``; its backward gives ``dq``, ``d(EK)``, ``d(FV)``, and then
+``(q, E K, F V)`` (through ``_softmax_dense``, the one call into the softmax module, with the
+inputs already validated here); its backward gives ``dq``, ``d(EK)``, ``d(FV)``, and then
 ``dE = d(EK) K^T``, ``dK = E^T d(EK)``, ``dF = d(FV) V^T``, ``dV = F^T d(FV)``.
 
 Masks: key padding only, applied **before** the projection: rows of ``K`` and ``V`` of padded keys
@@ -30,9 +31,17 @@ so padding cannot be applied after it). A batch element whose keys are all padde
 ``(n, m)`` logit matrix) and ``causal=True`` is rejected: every projected key mixes all positions,
 future ones included. Both raise ``ValueError``.
 
-Cost per batch element: ``2 k m (d + dv)`` for ``E K`` and ``F V``, then dense softmax attention on
-``(n, k)`` logits: ``2 n k d + 2 n k dv + 4 n k + n dv - n`` flops and ``n k + n`` exponentials and
-logarithms. Linear in ``n`` at fixed ``k``; memory ``O(n k)`` (the logits).
+Cost per batch element (exactly what :func:`cost` counts): ``2 k m (d + dv)`` for ``E K`` and
+``F V``, then dense softmax attention on ``(n, k)`` logits: ``n d`` (scaled queries) ``+ 2 n k d``
+(logits) ``+ 2 (n k - n)`` (row maxima and sums) ``+ n k`` (shift) ``+ 2 n k dv`` (``P (F V)``)
+``+ n dv`` (normalisation) ``+ n`` (log-sum-exp), in all
+
+.. math::
+
+    2 k m (d + d_v) + 2 n k (d + d_v) + 3 n k + n d + n d_v - n
+
+flops, ``n k`` exponentials and ``n`` logarithms. Linear in ``n`` at fixed ``k``; memory ``O(n k)``
+(the logits).
 
 Verma's modified Linformer (Verma, "Revisiting Linformer with a modified self-attention with linear
 complexity", paper 003, sec. 3.2)
@@ -72,20 +81,31 @@ Cost per batch element: ``n d`` (scale) ``+ 4 n d - 2 n`` (softmax of ``sQ``) ``
 ``delta = 1/2^n``; in float64 that makes ``exp(delta x) == 1`` for every moderate ``x`` once
 ``n >= 64``, so ``L`` is exactly uniform and the output no longer depends on ``Q`` and ``K``: see
 claim ``verma-delta``).
+
+Validation and data-dependent checks
+------------------------------------
+Each public function (and its declared ``forward``) validates once, in :func:`_validate`: arrays,
+shapes, mask and options, resolved into one frozen :class:`Options`. The implementations
+(``_forward``, ``_verma_forward``) and the backward passes assume valid input and never validate.
+The one data-dependent step is :func:`_check_finite_inputs` (NaN/inf in ``q, k, v, E, F``), run by
+the validation when ``check_finite=True`` (the default); ``check_finite=False`` skips it and lets
+non-finite values propagate. Neither method has a data-dependent failure of its own, hence no
+``errors=`` policy.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _xp
+from .._checks import check_choice, check_flag, check_int, check_real
 from .._masks import key_padding_keep, make_mask
 from .._registry import QKV, Array, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
-    check_positive_int,
     compute_dtype,
     device,
     namespace,
@@ -114,11 +134,20 @@ class Grads(NamedTuple):
     dF: Any
 
 
-def _validate(q: Any, k: Any, v: Any, E: Any, F: Any, mask: Any, causal: Any, key_lengths: Any,
-              check_finite: bool, method: str) -> tuple[Any, tuple[int, ...], Any, Any]:
-    """Common validation of Linformer-style calls; returns ``(xp, batch, work dtype, keep)``."""
-    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_finite,
-                             extra={"E": E, "F": F, "mask": mask, "key_lengths": key_lengths})
+@dataclass(frozen=True)
+class Options:
+    """The options of one call, resolved once by :func:`_validate`."""
+
+    scale: float  # the logit scale s
+    order: str = "H(LX)"  # Verma's association (unused by Linformer)
+
+
+def _validate(q: Any, k: Any, v: Any, E: Any, F: Any, *, mask: Any, causal: Any, scale: Any, key_lengths: Any,
+              check_finite: Any, method: str, order: Any = "H(LX)") -> tuple[Any, Any, Any, Options]:
+    """The whole validation of a Linformer-style call; returns ``(xp, work dtype, keep, Options)``."""
+    order = check_choice("order", order, ORDERS)
+    check_finite = check_flag("check_finite", check_finite)
+    xp, batch = validate_qkv(q, k, v, extra={"E": E, "F": F, "mask": mask, "key_lengths": key_lengths})
     m = k.shape[-2]
     for name, p in (("E", E), ("F", F)):
         check_float_array(name, p, xp, ndim_min=2)
@@ -147,8 +176,7 @@ def _validate(q: Any, k: Any, v: Any, E: Any, F: Any, mask: Any, causal: Any, ke
         raise ValueError(msg)
     batch = broadcast_shapes(batch, E.shape[:-2], F.shape[:-2], names=("q/k/v batch", "E", "F"))
     if check_finite:
-        _xp.check_finite("E", E, xp)
-        _xp.check_finite("F", F, xp)
+        _check_finite_inputs(xp, {"q": q, "k": k, "v": v, "E": E, "F": F})
     n = q.shape[-2]
     work = compute_dtype(xp, q.dtype)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch, dtype=work)
@@ -157,7 +185,13 @@ def _validate(q: Any, k: Any, v: Any, E: Any, F: Any, mask: Any, causal: Any, ke
                "positions, future ones included, so no query can be restricted to its past")
         raise ValueError(msg)
     keep = key_padding_keep(xp, spec, device(q), method=method)
-    return xp, batch, work, keep
+    return xp, work, keep, Options(resolve_scale(scale, q.shape[-1]), order)
+
+
+def _check_finite_inputs(xp: Any, named: dict[str, Any]) -> None:
+    """The data-dependent step: every named array must be finite (``ValueError`` naming it)."""
+    for name, a in named.items():
+        _xp.check_finite(name, a, xp)
 
 
 def _project(xp: Any, k: Any, v: Any, E: Any, F: Any, keep: Any) -> tuple[Any, Any, Any, Any]:
@@ -186,11 +220,10 @@ def _cast(xp: Any, work: Any, *arrays: Any) -> tuple[Any, ...]:
     return tuple(xp.astype(a, work) if a.dtype != work else a for a in arrays)
 
 
-def _check_dims(**dims: int) -> None:
+def _check_dims(batch: Any, **dims: Any) -> None:
     for name, val in dims.items():
-        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-            msg = f"{name} must be a non-negative integer, got {val!r}"
-            raise ValueError(msg)
+        check_int(name, val, minimum=0)
+    check_int("batch", batch, minimum=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,17 +244,33 @@ class Residuals(NamedTuple):
 
 def forward(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None, causal: bool | str = False,
             scale: float | None = None, key_lengths: Any = None,
-            check_finite: bool = False) -> tuple[Any, Residuals]:
+            check_finite: bool = True) -> tuple[Any, Residuals]:
     """Linformer forward pass; returns ``(out, Residuals)``. See :func:`linformer_attention`."""
-    xp, batch, work, keep = _validate(q, k, v, E, F, mask, causal, key_lengths, check_finite, "Linformer")
+    xp, work, keep, opts = _validate(q, k, v, E, F, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
+                                     check_finite=check_finite, method="Linformer")
+    return _forward(xp, work, q, k, v, E, F, keep, opts)
+
+
+def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, E: Any, F: Any, keep: Any,
+             opts: Options) -> tuple[Any, Residuals]:
+    """The implementation of :func:`forward`: valid input assumed, nothing validated."""
     shapes = tuple(tuple(a.shape) for a in (q, k, v, E, F))
     dtype = q.dtype
-    s = resolve_scale(scale, q.shape[-1])
     q, k, v, E, F = _cast(xp, work, q, k, v, E, F)
     kz, vz, kp, vp = _project(xp, k, v, E, F, keep)
-    out, inner = _softmax.forward(q, kp, vp, scale=s, impl="dense")
+    out, inner = _softmax_dense(q, kp, vp, opts.scale)
     res = Residuals(inner, kz, vz, E, F, keep, dtype, shapes)
     return (xp.astype(out, dtype) if work != dtype else out), res
+
+
+def _softmax_dense(q: Any, kp: Any, vp: Any, scale: float) -> tuple[Any, Any]:
+    """Dense softmax attention on the projected keys and values, ``(out, softmax residuals)``.
+
+    The one call into the softmax module (its backward is :func:`_softmax.backward` in
+    :func:`backward`). TODO(issue 18, at merge): call softmax's implementation entry point instead of
+    the public ``forward``, which re-validates ``q, E K, F V`` (finiteness off here: checked above).
+    """
+    return _softmax.forward(q, kp, vp, scale=scale, impl="dense", check_finite=False)
 
 
 def backward(res: Residuals, dout: Any, /) -> Grads:
@@ -243,8 +292,7 @@ def cost(n: int, m: int, d: int, dv: int, k: int, *, batch: int = 1) -> Cost:
     ``+ n k`` (shift) ``+ 2 n k dv`` (``P (FV)``) ``+ n dv`` (normalise) ``+ n`` (log-sum-exp);
     ``n k`` exponentials and ``n`` logarithms.
     """
-    _check_dims(n=n, m=m, d=d, dv=dv, k=k)
-    check_positive_int("batch", batch)
+    _check_dims(batch, n=n, m=m, d=d, dv=dv, k=k)
     flops = 2 * k * m * d + 2 * k * m * dv
     flops += n * d + 2 * n * k * d + 2 * (n * k - n) + n * k + 2 * n * k * dv + n * dv + n
     from ..cost import Cost
@@ -275,7 +323,7 @@ def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
     error_model="refattn._oracle:linformer_error_bound"))
 def linformer_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None,
                         causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
-                        check_finite: bool = False) -> Any:
+                        check_finite: bool = True) -> Any:
     r"""Linformer attention ``softmax(s Q (E K)^T) (F V)`` (Wang et al. 2020).
 
     Parameters
@@ -290,6 +338,8 @@ def linformer_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any 
         Logit scale; ``1/sqrt(d)`` by default.
     key_lengths : integer array, optional
     check_finite : bool
+        ``True`` (default): NaN/inf in ``q, k, v, E, F`` raise ``ValueError`` naming the argument;
+        ``False`` skips that pass and lets non-finite values propagate to the output.
 
     Returns
     -------
@@ -298,10 +348,11 @@ def linformer_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any 
     Raises
     ------
     TypeError
-        Non-floating or mixed dtypes (E, F included), mixed libraries.
+        Non-floating or mixed dtypes (E, F included), mixed libraries, a ``check_finite`` that is not
+        ``True``/``False``.
     ValueError
         E/F of the wrong shape (``(m, k)`` instead of ``(k, m)``, mismatched k), ``k > m``, ``causal``,
-        a per-query or additive mask.
+        a per-query or additive mask, non-finite inputs (``check_finite=True``).
 
     References
     ----------
@@ -334,16 +385,19 @@ class VermaResiduals(NamedTuple):
 
 def verma_forward(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None, causal: bool | str = False,
                   scale: float | None = None, key_lengths: Any = None, order: str = "H(LX)",
-                  check_finite: bool = False) -> tuple[Any, VermaResiduals]:
+                  check_finite: bool = True) -> tuple[Any, VermaResiduals]:
     """Modified-Linformer forward pass; returns ``(out, VermaResiduals)``. See :func:`verma_attention`."""
-    if order not in ORDERS:
-        msg = f"order must be one of {ORDERS}, got {order!r}"
-        raise ValueError(msg)
-    xp, batch, work, keep = _validate(q, k, v, E, F, mask, causal, key_lengths, check_finite,
-                                      "Verma's modified Linformer")
+    xp, work, keep, opts = _validate(q, k, v, E, F, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
+                                     check_finite=check_finite, method="Verma's modified Linformer", order=order)
+    return _verma_forward(xp, work, q, k, v, E, F, keep, opts)
+
+
+def _verma_forward(xp: Any, work: Any, q: Any, k: Any, v: Any, E: Any, F: Any, keep: Any,
+                   opts: Options) -> tuple[Any, VermaResiduals]:
+    """The implementation of :func:`verma_forward`: valid input assumed, nothing validated."""
     shapes = tuple(tuple(a.shape) for a in (q, k, v, E, F))
     dtype = q.dtype
-    s = resolve_scale(scale, q.shape[-1])
+    s, order = opts.scale, opts.order
     q, k, v, E, F = _cast(xp, work, q, k, v, E, F)
     h = softmax_axis(xp, q * s, -1)
     kz, vz, kp, x = _project(xp, k, v, E, F, keep)
@@ -384,11 +438,8 @@ def verma_backward(res: VermaResiduals, dout: Any, /) -> Grads:
 def verma_cost(n: int, m: int, d: int, dv: int, k: int, *, batch: int = 1, order: str = "H(LX)") -> Cost:
     """Closed-form forward cost of :func:`verma_attention` (exact FLOPs and transcendentals), the
     whole computation including ``E K`` and ``F V`` (see the module docstring for the terms)."""
-    _check_dims(n=n, m=m, d=d, dv=dv, k=k)
-    check_positive_int("batch", batch)
-    if order not in ORDERS:
-        msg = f"order must be one of {ORDERS}, got {order!r}"
-        raise ValueError(msg)
+    _check_dims(batch, n=n, m=m, d=d, dv=dv, k=k)
+    check_choice("order", order, ORDERS)
     fh, th = softmax_axis_flops(n * d, n)
     fl, tl = softmax_axis_flops(d * k, d)
     flops = n * d + fh + 2 * k * m * d + d * k + fl + 2 * k * m * dv
@@ -412,7 +463,7 @@ def _verma_closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
     cost=_verma_closed_cost, error_model="refattn._oracle:verma_error_bound"))
 def verma_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None,
                     causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
-                    order: str = "H(LX)", check_finite: bool = False) -> Any:
+                    order: str = "H(LX)", check_finite: bool = True) -> Any:
     r"""Verma's modified Linformer ``softmax_feat(sQ) softmax(s (EK)^T) (F V)`` (paper 003, sec. 3.2).
 
     Parameters
@@ -426,6 +477,8 @@ def verma_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = No
     order : {"H(LX)", "(HL)X"}
         Association of the product (the paper proposes ``H(LX)``).
     check_finite : bool
+        ``True`` (default): NaN/inf in ``q, k, v, E, F`` raise ``ValueError`` naming the argument;
+        ``False`` skips that pass and lets non-finite values propagate.
 
     Returns
     -------
@@ -450,7 +503,5 @@ def verma_projections(r: Any, /, *, delta: float) -> tuple[Any, Any]:
     """
     xp = namespace(r)
     check_float_array("r", r, xp, ndim_min=2)
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta):
-        msg = f"delta must be a finite real number, got {delta!r}"
-        raise ValueError(msg)
-    return r * float(delta), r * math.exp(-float(delta))
+    delta = check_real("delta", delta)
+    return r * delta, r * math.exp(-delta)

@@ -109,8 +109,9 @@ done on the residual ``r_j = ||I - A Z_j||_F``, which never increases in exact a
 - *divergence* (a non-finite iterate, or ``r_J^2 > r_0^2 (1 + tau) + tau`` with
   ``tau = sqrt(eps)`` of the working dtype, ~1.5e-8 in float64; real divergence multiplies the
   residual by up to 13/4 per step and crosses it at once) is reported as
-  :class:`PinvConvergenceError` (``on_divergence="raise"``, default) or
-  :class:`PinvConvergenceWarning` (``"warn"``); ``"ignore"`` skips the check and its cost;
+  :class:`PinvConvergenceError` (``errors="raise"``, default) or
+  :class:`PinvConvergenceWarning` (``"warn"``); ``"ignore"`` skips the check and its cost
+  (``on_divergence=`` is the deprecated name of ``errors=``);
 - *non-convergence* (``r_J / sqrt(m) > pinv_tol``) raises :class:`PinvConvergenceError` only when
   ``pinv_tol`` is given: the method as published uses a fixed ``J`` and is defined by it.
 
@@ -120,6 +121,18 @@ the default 6 iterations (measured in the tests); use ``pinv="exact"`` for singu
 
 Cost (closed form, :func:`cost`): ``O(n m (d + dv) + mk m (d + dv) + J m^3)`` flops and
 ``O((n + mk) m)`` extra memory: linear in ``n`` at fixed ``m``.
+
+Validation and the data-dependent step
+--------------------------------------
+:func:`forward` (and with it :func:`nystrom_attention`) validates once: the arrays (with
+``check_finite=True``, the default, their finiteness too), the mask (including the number of kept keys
+per batch element, which segment-means landmarks need), and every option, resolved into one frozen
+:class:`Options` (the pseudoinverse's into :class:`PinvOptions`, which :func:`cost` resolves the same
+way). The implementation ``_forward``, the pseudoinverse helpers and :func:`backward` assume valid
+input and never validate. The one data-dependent step of the implementation is
+:func:`_check_divergence` (divergence and, with ``pinv_tol``, convergence of the iterative
+pseudoinverse), called from one place and only when the policy asks for it (``errors != "ignore"`` or
+``pinv_tol`` given), so that a lazy or traced array library can skip or defer it.
 
 References
 ----------
@@ -131,16 +144,16 @@ Pan & Schreiber 1991 (the initialisation); Golub & Pereyra 1973 (the pseudoinver
 from __future__ import annotations
 
 import math
-import warnings
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .. import cost as _cost_module
+from .._checks import ERRORS, check_choice, check_flag, check_int, check_real, legacy_policy, report
 from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
 from .._registry import Function, Method, declare
 from .._xp import (
     broadcast_shapes,
-    check_finite,
     check_float_array,
     compute_dtype,
     device,
@@ -149,6 +162,7 @@ from .._xp import (
     unbroadcast,
     validate_qkv,
 )
+from .._xp import check_finite as check_finite_array
 from ..cost import Cost
 
 __all__ = [
@@ -161,7 +175,8 @@ __all__ = [
 ]
 
 PINV_MODES = ("iterative", "exact")
-ON_DIVERGENCE = ("raise", "warn", "ignore")
+#: the values of the failure policy ``errors`` (and of its deprecated name ``on_divergence``)
+ON_DIVERGENCE = ERRORS
 DEFAULT_ITERATIONS = 6
 
 
@@ -170,40 +185,58 @@ class PinvConvergenceError(ArithmeticError):
 
 
 class PinvConvergenceWarning(RuntimeWarning):
-    """The iterative pseudoinverse diverged (``on_divergence="warn"``)."""
+    """The iterative pseudoinverse diverged (``errors="warn"``)."""
 
 
-# ----------------------------------------------------------------------------- validation helpers
+# ----------------------------------------------------------------------------- options
 
-def _check_iterations(iterations: Any) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        msg = f"iterations must be a non-negative integer, got {iterations!r}"
+@dataclass(frozen=True)
+class PinvOptions:
+    """The pseudoinverse's options, resolved once (:func:`_pinv_options`)."""
+
+    mode: str = "iterative"  # PINV_MODES
+    iterations: int = DEFAULT_ITERATIONS  # J
+    init_scale: float | None = None  # Z_0 = init_scale A^T; None: the paper's alpha
+    rtol: float | None = None  # exact mode: rtol of xp.linalg.pinv
+    tol: float | None = None  # iterative mode: pinv_tol, the convergence requirement
+    errors: str = "raise"  # the divergence policy, ERRORS
+
+    @property
+    def checked(self) -> bool:
+        """Whether :func:`_check_divergence` runs (iterative mode, and the policy asks for it)."""
+        return self.mode == "iterative" and (self.errors != "ignore" or self.tol is not None)
+
+
+def _pinv_options(*, mode: Any = "iterative", iterations: Any = DEFAULT_ITERATIONS, init_scale: Any = None,
+                  rtol: Any = None, tol: Any = None, errors: Any = None, on_divergence: Any = None,
+                  rtol_name: str = "pinv_rtol") -> PinvOptions:
+    """Validate the pseudoinverse's options (user-facing names in the messages) into :class:`PinvOptions`."""
+    return PinvOptions(
+        mode=check_choice("pinv", mode, PINV_MODES),
+        iterations=check_int("iterations", iterations, minimum=0),
+        init_scale=check_real("init_scale", init_scale, allow_none=True),
+        rtol=check_real(rtol_name, rtol, minimum=0.0, allow_none=True),
+        tol=check_real("pinv_tol", tol, minimum=0.0, open_min=True, allow_none=True),
+        errors=legacy_policy(errors, {"on_divergence": on_divergence}))
+
+
+def _check_kernel_size(conv_kernel_size: Any) -> int | None:
+    ksize = check_int("conv_kernel_size", conv_kernel_size, minimum=1, allow_none=True, what="odd")
+    if ksize is not None and ksize % 2 == 0:
+        msg = f"conv_kernel_size must be a positive odd integer or None, got {conv_kernel_size!r}"
         raise ValueError(msg)
+    return ksize
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if not isinstance(value, str) or value not in choices:
-        msg = f"{name} must be one of {choices}, got {value!r}"
-        raise ValueError(msg)
+@dataclass(frozen=True)
+class Options:
+    """The options of one :func:`nystrom_attention` call, resolved once by :func:`forward`."""
 
-
-def _check_opt_float(name: str, value: Any, *, positive: bool) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{name} must be a real number or None, got {value!r}"
-        raise TypeError(msg)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        msg = f"{name} must be a finite {'positive' if positive else 'non-negative'} number, got {value!r}"
-        raise ValueError(msg)
-
-
-def _check_init_scale(value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        msg = f"init_scale must be a finite real number or None, got {value!r}"
-        raise ValueError(msg)
+    num_landmarks: int  # m
+    explicit: bool  # landmarks passed as the first two positional parameters
+    scale: float  # the logit scale s
+    conv_kernel_size: int | None  # K of the convolution skip (its weight is the last parameter)
+    pinv: PinvOptions
 
 
 # ----------------------------------------------------------------------------- segment means
@@ -214,9 +247,7 @@ def segment_bounds(n: int, m: int) -> list[tuple[int, int]]:
     Balanced split: with ``n = l m + r`` (``0 <= r < m``) the first ``r`` segments hold ``l + 1`` rows,
     the others ``l`` (``numpy.array_split``'s rule). Requires ``1 <= m <= n``.
     """
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        msg = f"num_landmarks must be a positive integer, got {m!r}"
-        raise ValueError(msg)
+    m = check_int("num_landmarks", m, minimum=1)
     if m > n:
         msg = f"num_landmarks must be at most the sequence length {n} (segment means), got {m}"
         raise ValueError(msg)
@@ -238,8 +269,13 @@ def segment_means(x: Any, m: int, /) -> Any:
     """
     xp = namespace(x)
     check_float_array("x", x, xp, ndim_min=2)
+    segment_bounds(x.shape[-2], m)  # validates m
+    return _segment_means(xp, x, int(m))
+
+
+def _segment_means(xp: Any, x: Any, m: int) -> Any:
+    """:func:`segment_means` without validation (``1 <= m <= n``)."""
     n, d = x.shape[-2], x.shape[-1]
-    segment_bounds(n, m)  # validates m
     l, r = divmod(n, m)
     lead = tuple(x.shape[:-2])
     a = r * (l + 1)
@@ -264,8 +300,9 @@ def _segment_means_backward(xp: Any, g: Any, n: int) -> Any:
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
 
 
-def _masked_segment_weights(xp: Any, keep: Any, m: int, dtype: Any, dev: Any) -> Any:
-    """Averaging matrix ``(..., m, mk)`` of the balanced segments of the *kept* keys of each batch element."""
+def _kept_keys(xp: Any, keep: Any, m: int) -> tuple[Any, Any]:
+    """Validation of a key mask for segment-means landmarks: ``(keep as int64, kept count (..., 1))``;
+    ``ValueError`` when some batch element keeps fewer than ``m`` keys."""
     ki = xp.astype(keep, xp.int64)
     count = xp.sum(ki, axis=-1, keepdims=True)  # (..., 1)
     if bool(xp.any(count < m)):
@@ -274,6 +311,13 @@ def _masked_segment_weights(xp: Any, keep: Any, m: int, dtype: Any, dev: Any) ->
                "segment-means landmarks need at least one kept key per segment (pass fewer landmarks "
                "or explicit landmarks)")
         raise ValueError(msg)
+    return ki, count
+
+
+def _masked_segment_weights(xp: Any, kept: tuple[Any, Any], keep: Any, m: int, dtype: Any, dev: Any) -> Any:
+    """Averaging matrix ``(..., m, mk)`` of the balanced segments of the *kept* keys of each batch element
+    (``kept`` from :func:`_kept_keys`)."""
+    ki, count = kept
     rank = xp.cumulative_sum(ki, axis=-1) - 1
     l = count // m
     r = count % m
@@ -362,12 +406,9 @@ def pinv_iterates(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scale
     """
     xp = namespace(a)
     _check_square(a, xp)
-    _check_iterations(iterations)
-    if init_scale is None:
-        alpha = _paper_init(xp, a)[0]
-    else:
-        _check_init_scale(init_scale)
-        alpha = float(init_scale)
+    iterations = check_int("iterations", iterations, minimum=0)
+    init_scale = check_real("init_scale", init_scale, allow_none=True)
+    alpha = _paper_init(xp, a)[0] if init_scale is None else init_scale
     z = xp.matrix_transpose(a) * alpha
     out = [z]
     if iterations:
@@ -385,20 +426,13 @@ def _check_square(a: Any, xp: Any) -> None:
         raise ValueError(msg)
 
 
-def _report(msg: str, how: str) -> None:
-    if how == "raise":
-        raise PinvConvergenceError(msg)
-    warnings.warn(msg, PinvConvergenceWarning, stacklevel=4)
-
-
-def _check_result(xp: Any, a: Any, z: Any, x0: Any, iterations: int, on_divergence: str,
-                  pinv_tol: float | None, init_desc: str) -> None:
-    """Divergence / convergence checks of the iterate ``z = Z_J`` (see the module docstring)."""
+def _check_divergence(xp: Any, a: Any, z: Any, x0: Any, opts: PinvOptions, init_desc: str) -> None:
+    """The data-dependent step: divergence / convergence checks of the iterate ``z = Z_J`` (see the
+    module docstring), reported under ``opts.errors``. Run only when ``opts.checked``."""
     m = a.shape[-1]
-    if on_divergence == "ignore" and pinv_tol is None:
-        return
+    iterations = opts.iterations
     eye = _eye(xp, m, a.dtype, device(a))
-    need_rj = pinv_tol is not None or iterations >= 1
+    need_rj = opts.tol is not None or iterations >= 1
     if need_rj:
         if x0 is None:  # iterations == 0: Z_J = Z_0
             x0 = a @ z
@@ -409,7 +443,7 @@ def _check_result(xp: Any, a: Any, z: Any, x0: Any, iterations: int, on_divergen
             rjsq = xp.sum(ej * ej, axis=(-2, -1))
         else:
             rjsq = r0sq
-    if on_divergence != "ignore":
+    if opts.errors != "ignore":
         finite = bool(xp.all(xp.isfinite(z)))
         grew = False
         if iterations >= 1 and finite:
@@ -424,42 +458,42 @@ def _check_result(xp: Any, a: Any, z: Any, x0: Any, iterations: int, on_divergen
                         f"(it never increases in exact arithmetic from a convergent start)")
             msg = (f"iterative pseudoinverse of the {m}x{m} landmark matrix {what} after {iterations} "
                    f"iteration(s) from {init_desc}; use pinv='exact' for singular or badly scaled landmark "
-                   "matrices, or on_divergence='warn'/'ignore'")
-            _report(msg, on_divergence)
-    if pinv_tol is not None:
+                   "matrices, or errors='warn'/'ignore'")
+            report(opts.errors, msg, error=PinvConvergenceError, warning=PinvConvergenceWarning)
+    if opts.tol is not None:
         worst = math.sqrt(max(float(xp.max(rjsq)), 0.0) / m) if bool(xp.all(xp.isfinite(rjsq))) else math.inf
-        if not worst <= pinv_tol:
+        if not worst <= opts.tol:
             msg = (f"iterative pseudoinverse did not converge: ||I - A Z_J||_F / sqrt(m) = {worst:.3g} > "
-                   f"pinv_tol={pinv_tol:g} after {iterations} iteration(s) (m={m}); the landmark matrix "
+                   f"pinv_tol={opts.tol:g} after {iterations} iteration(s) (m={m}); the landmark matrix "
                    "is ill-conditioned or singular: raise iterations (about log_3.25(1/(alpha s_min^2)) are "
                    "needed) or use pinv='exact'")
             raise PinvConvergenceError(msg)
 
 
-def _pinv_forward(a: Any, *, mode: str, iterations: int, init_scale: float | None, rtol: float | None,
-                  on_divergence: str, pinv_tol: float | None) -> tuple[Any, _PinvRes]:
-    xp = namespace(a)
-    if mode == "exact":
-        z = xp.linalg.pinv(a, rtol=rtol) if rtol is not None else xp.linalg.pinv(a)
-        return z, _PinvRes(a, z, (), None, None, None, mode, False)
-    if init_scale is None:
+def _pinv_forward(xp: Any, a: Any, opts: PinvOptions) -> tuple[Any, _PinvRes]:
+    """The pseudoinverse of ``a`` per ``opts`` (valid input assumed), with its residuals."""
+    if opts.mode == "exact":
+        z = xp.linalg.pinv(a, rtol=opts.rtol) if opts.rtol is not None else xp.linalg.pinv(a)
+        return z, _PinvRes(a, z, (), None, None, None, opts.mode, False)
+    if opts.init_scale is None:
         alpha, c, r = _paper_init(xp, a)
         init_desc = "the paper's Z_0 = A^T/(||A||_1 ||A||_inf)"
     else:
-        alpha, c, r = float(init_scale), None, None
-        init_desc = f"Z_0 = {init_scale:g} A^T"
+        alpha, c, r = opts.init_scale, None, None
+        init_desc = f"Z_0 = {opts.init_scale:g} A^T"
     z = xp.matrix_transpose(a) * alpha
     iterates = []
     x0 = None
-    if iterations:
+    if opts.iterations:
         eyes = _eyes(xp, a.shape[-1], a.dtype, device(a))
-        for j in range(iterations):
+        for j in range(opts.iterations):
             iterates.append(z)
             z, x = _iterate_step(xp, a, z, eyes)[:2]
             if j == 0:
                 x0 = x
-    _check_result(xp, a, z, x0, iterations, on_divergence, pinv_tol, init_desc)
-    return z, _PinvRes(a, z, tuple(iterates), alpha, c, r, mode, init_scale is not None)
+    if opts.checked:
+        _check_divergence(xp, a, z, x0, opts, init_desc)
+    return z, _PinvRes(a, z, tuple(iterates), alpha, c, r, opts.mode, opts.init_scale is not None)
 
 
 def _pinv_backward(xp: Any, res: _PinvRes, zbar: Any) -> Any:
@@ -506,21 +540,14 @@ def _pinv_backward(xp: Any, res: _PinvRes, zbar: Any) -> Any:
     return abar + xp.where(colsel, sg * cbar, zero) + xp.where(rowsel, sg * rbar, zero)
 
 
-def _validate_pinv_args(a: Any, iterations: int, on_divergence: str, pinv_tol: Any) -> Any:
+def _iterative_pinv_forward(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scale: float | None = None,
+                            errors: str | None = None, on_divergence: str | None = None,
+                            pinv_tol: float | None = None) -> tuple[Any, _PinvRes]:
     xp = namespace(a)
     _check_square(a, xp)
-    _check_iterations(iterations)
-    _check_choice("on_divergence", on_divergence, ON_DIVERGENCE)
-    _check_opt_float("pinv_tol", pinv_tol, positive=True)
-    return xp
-
-
-def _iterative_pinv_forward(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scale: float | None = None,
-                            on_divergence: str = "raise", pinv_tol: float | None = None) -> tuple[Any, _PinvRes]:
-    _validate_pinv_args(a, iterations, on_divergence, pinv_tol)
-    _check_init_scale(init_scale)
-    return _pinv_forward(a, mode="iterative", iterations=iterations, init_scale=init_scale, rtol=None,
-                         on_divergence=on_divergence, pinv_tol=pinv_tol)
+    opts = _pinv_options(iterations=iterations, init_scale=init_scale, tol=pinv_tol, errors=errors,
+                         on_divergence=on_divergence)
+    return _pinv_forward(xp, a, opts)
 
 
 def _iterative_pinv_backward(res: _PinvRes, zbar: Any, /) -> PinvGrads:
@@ -530,32 +557,35 @@ def _iterative_pinv_backward(res: _PinvRes, zbar: Any, /) -> PinvGrads:
 
 @declare(Function(_iterative_pinv_forward, _iterative_pinv_backward))
 def iterative_pinv(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scale: float | None = None,
-                   on_divergence: str = "raise", pinv_tol: float | None = None) -> Any:
+                   errors: str | None = None, on_divergence: str | None = None, pinv_tol: float | None = None) -> Any:
     r"""Razavi et al.'s iterative Moore-Penrose inverse of ``a (..., m, m)``, as Nystromformer uses it.
 
     ``Z_0 = alpha A^T`` with ``alpha = 1/(||A||_1 ||A||_inf)`` (or ``init_scale``), then ``iterations``
     steps of ``Z <- Z (13 I - A Z (15 I - A Z (7 I - A Z))) / 4``. Divergence is reported per
-    ``on_divergence``; ``pinv_tol`` turns non-convergence into :class:`PinvConvergenceError` (see the
-    module docstring for the criteria). ``refattn.vjp`` gives the hand-written reverse sweep.
+    ``errors`` (``"raise"``, the default when ``None``; ``"warn"``; ``"ignore"``; ``on_divergence`` is
+    its deprecated name, with a ``DeprecationWarning``); ``pinv_tol`` turns non-convergence into
+    :class:`PinvConvergenceError` (see the module docstring for the criteria). ``refattn.vjp`` gives
+    the hand-written reverse sweep.
 
     Raises
     ------
+    TypeError
+        A non-number ``init_scale`` or ``pinv_tol``; both ``errors`` and ``on_divergence`` given.
     ValueError
-        ``a`` not square, ``iterations < 0``, an unknown ``on_divergence``, a bad ``pinv_tol``.
+        ``a`` not square, ``iterations < 0``, an unknown ``errors``, a bad ``pinv_tol``.
     PinvConvergenceError
-        Divergence (``on_divergence="raise"``) or, with ``pinv_tol``, non-convergence.
+        Divergence (``errors="raise"``) or, with ``pinv_tol``, non-convergence.
     """
-    return _iterative_pinv_forward(a, iterations=iterations, init_scale=init_scale,
+    return _iterative_pinv_forward(a, iterations=iterations, init_scale=init_scale, errors=errors,
                                    on_divergence=on_divergence, pinv_tol=pinv_tol)[0]
 
 
 def _exact_pinv_forward(a: Any, /, *, rtol: float | None = None) -> tuple[Any, _PinvRes]:
     xp = namespace(a)
     _check_square(a, xp)
-    _check_opt_float("rtol", rtol, positive=False)
-    check_finite("a", a, xp)  # NaN/inf would reach the SVD (LinAlgError) or give a NaN/inf pinv
-    return _pinv_forward(a, mode="exact", iterations=0, init_scale=None, rtol=rtol,
-                         on_divergence="ignore", pinv_tol=None)
+    opts = _pinv_options(mode="exact", iterations=0, rtol=rtol, rtol_name="rtol", errors="ignore")
+    check_finite_array("a", a, xp)  # NaN/inf would reach the SVD (LinAlgError) or give a NaN/inf pinv
+    return _pinv_forward(xp, a, opts)
 
 
 @declare(Function(_exact_pinv_forward, _iterative_pinv_backward))
@@ -639,22 +669,10 @@ class GradsLandmarksConv(NamedTuple):
     dconv_weight: Any
 
 
-def _validate(q: Any, k: Any, v: Any, params: tuple[Any, ...], *, mask: Any, causal: Any, key_lengths: Any,
-              num_landmarks: Any, pinv: Any, iterations: Any, pinv_rtol: Any, pinv_tol: Any,
-              on_divergence: Any, conv_kernel_size: Any, check_finite: bool) -> tuple[Any, ...]:
-    if causal is not False and causal is not None:
-        msg = (f"nystrom_attention has no causal form (causal={causal!r}): its landmarks average over the whole "
-               "sequence, so every output depends on every key; use causal=False")
-        raise ValueError(msg)
-    _check_choice("pinv", pinv, PINV_MODES)
-    _check_iterations(iterations)
-    _check_choice("on_divergence", on_divergence, ON_DIVERGENCE)
-    _check_opt_float("pinv_rtol", pinv_rtol, positive=False)
-    _check_opt_float("pinv_tol", pinv_tol, positive=True)
-    if conv_kernel_size is not None and (isinstance(conv_kernel_size, bool) or not isinstance(conv_kernel_size, int)
-                                         or conv_kernel_size < 1 or conv_kernel_size % 2 == 0):
-        msg = f"conv_kernel_size must be a positive odd integer or None, got {conv_kernel_size!r}"
-        raise ValueError(msg)
+def _validate_arrays(q: Any, k: Any, v: Any, params: tuple[Any, ...], *, mask: Any, key_lengths: Any,
+                     num_landmarks: Any, conv_kernel_size: int | None,
+                     check_finite: bool) -> tuple[Any, tuple[int, ...], int, bool]:
+    """The arrays of a call and the landmark count: ``(xp, batch, m, explicit landmarks)``."""
     n_conv = 0 if conv_kernel_size is None else 1
     n_land = len(params) - n_conv
     if n_land not in (0, 2):
@@ -683,6 +701,8 @@ def _validate(q: Any, k: Any, v: Any, params: tuple[Any, ...], *, mask: Any, cau
             msg = (f"{name}'s leading dimensions must broadcast to the batch shape {batch} of q, k, v "
                    f"without enlarging it, got shape {tuple(p.shape)}")
             raise ValueError(msg)
+        if check_finite:
+            check_finite_array(name, p, xp)
     if n_land:
         qt, kt = params[0], params[1]
         m = qt.shape[-2]
@@ -698,14 +718,11 @@ def _validate(q: Any, k: Any, v: Any, params: tuple[Any, ...], *, mask: Any, cau
         if num_landmarks is None:
             msg = "num_landmarks must be given (a positive integer) when no explicit landmarks are passed"
             raise ValueError(msg)
-        if isinstance(num_landmarks, bool) or not isinstance(num_landmarks, int) or num_landmarks < 1:
-            msg = f"num_landmarks must be a positive integer, got {num_landmarks!r}"
-            raise ValueError(msg)
-        if num_landmarks > min(n, mk):
+        m = check_int("num_landmarks", num_landmarks, minimum=1)
+        if m > min(n, mk):
             msg = (f"num_landmarks must be at most min(n, mk) = min({n}, {mk}) for segment-means landmarks "
                    f"(one segment per landmark), got {num_landmarks}")
             raise ValueError(msg)
-        m = num_landmarks
     if n_conv:
         w = params[-1]
         if w.shape[-2] != conv_kernel_size or w.shape[-1] not in (1, dv):
@@ -721,48 +738,66 @@ def _validate(q: Any, k: Any, v: Any, params: tuple[Any, ...], *, mask: Any, cau
 def forward(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: bool | str = False,
             scale: float | None = None, key_lengths: Any = None, num_landmarks: int | None = None,
             pinv: str = "iterative", iterations: int = DEFAULT_ITERATIONS, pinv_rtol: float | None = None,
-            pinv_tol: float | None = None, on_divergence: str = "raise", conv_kernel_size: int | None = None,
-            check_finite: bool = False) -> tuple[Any, Residuals]:
-    """Nystromformer forward pass; returns ``(out, Residuals)``. See :func:`nystrom_attention`."""
-    xp, batch, m, explicit = _validate(
-        q, k, v, params, mask=mask, causal=causal, key_lengths=key_lengths, num_landmarks=num_landmarks,
-        pinv=pinv, iterations=iterations, pinv_rtol=pinv_rtol, pinv_tol=pinv_tol, on_divergence=on_divergence,
-        conv_kernel_size=conv_kernel_size, check_finite=check_finite)
-    n, d, mk = q.shape[-2], q.shape[-1], k.shape[-2]
-    scale = resolve_scale(scale, d)
+            pinv_tol: float | None = None, errors: str | None = None, on_divergence: str | None = None,
+            conv_kernel_size: int | None = None, check_finite: bool = True) -> tuple[Any, Residuals]:
+    """Nystromformer forward pass; returns ``(out, Residuals)``. See :func:`nystrom_attention`.
+
+    The whole validation: arrays, mask and options, resolved once into :class:`Options`; then the
+    implementation ``_forward``, which validates nothing.
+    """
+    if causal is not False and causal is not None:
+        msg = (f"nystrom_attention has no causal form (causal={causal!r}): its landmarks average over the whole "
+               "sequence, so every output depends on every key; use causal=False")
+        raise ValueError(msg)
+    pinv_opts = _pinv_options(mode=pinv, iterations=iterations, rtol=pinv_rtol, tol=pinv_tol, errors=errors,
+                              on_divergence=on_divergence)
+    ksize = _check_kernel_size(conv_kernel_size)
+    xp, batch, m, explicit = _validate_arrays(q, k, v, params, mask=mask, key_lengths=key_lengths,
+                                              num_landmarks=num_landmarks, conv_kernel_size=ksize,
+                                              check_finite=check_flag("check_finite", check_finite))
+    n, mk = q.shape[-2], k.shape[-2]
+    work = compute_dtype(xp, q.dtype)
+    spec = make_mask(xp, mask=mask, causal=False, key_lengths=key_lengths, n=n, m=mk, batch=batch, dtype=work)
+    keep = key_padding_keep(xp, spec, device(q), method="nystrom_attention")
+    kept = None if keep is None or explicit else _kept_keys(xp, keep, m)
+    opts = Options(m, explicit, resolve_scale(scale, q.shape[-1]), ksize, pinv_opts)
+    return _forward(xp, work, q, k, v, params, keep, kept, opts)
+
+
+def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, params: tuple[Any, ...], keep: Any, kept: Any,
+             opts: Options) -> tuple[Any, Residuals]:
+    """The implementation of :func:`forward`: valid input and options assumed, nothing validated
+    (``keep``: the kept keys or ``None``; ``kept``: :func:`_kept_keys` of them for segment means)."""
     dtype = q.dtype
-    work = compute_dtype(xp, dtype)
     shapes = tuple(tuple(a.shape) for a in (q, k, v, *params))
     if work != dtype:
         q, k, v = (xp.astype(a, work) for a in (q, k, v))
         params = tuple(xp.astype(p, work) for p in params)
     dev = device(q)
-    spec = make_mask(xp, mask=mask, causal=False, key_lengths=key_lengths, n=n, m=mk, batch=batch, dtype=work)
-    keep = key_padding_keep(xp, spec, dev, method="nystrom_attention")
     mt = xp.matrix_transpose
+    m, scale = opts.num_landmarks, opts.scale
     seg_w = None
-    if explicit:
+    if opts.explicit:
         qt, kt = params[0], params[1]
     else:
-        qt = segment_means(q, m)
+        qt = _segment_means(xp, q, m)
         if keep is None:
-            kt = segment_means(k, m)
+            kt = _segment_means(xp, k, m)
         else:
-            seg_w = _masked_segment_weights(xp, keep, m, work, dev)
+            seg_w = _masked_segment_weights(xp, kept, keep, m, work, dev)
             kt = seg_w @ k
     f = _softmax(xp, (q @ mt(kt)) * scale)
     a = _softmax(xp, (qt @ mt(kt)) * scale)
     b = _softmax(xp, (qt @ mt(k)) * scale, keep)
-    z, pres = _pinv_forward(a, mode=pinv, iterations=iterations, init_scale=None, rtol=pinv_rtol,
-                            on_divergence=on_divergence, pinv_tol=pinv_tol)
+    z, pres = _pinv_forward(xp, a, opts.pinv)
     u = b @ v
     w = z @ u
     out = f @ w
     conv_w = v_padded = None
-    if conv_kernel_size is not None:
+    if opts.conv_kernel_size is not None:
         conv_w = params[-1]
-        out, v_padded = _conv_forward(xp, out, v, conv_w, keep, conv_kernel_size)
-    res = Residuals(q, k, v, qt, kt, f, a, b, u, w, pres, keep, seg_w, explicit, conv_w, v_padded, scale,
+        out, v_padded = _conv_forward(xp, out, v, conv_w, keep, opts.conv_kernel_size)
+    res = Residuals(q, k, v, qt, kt, f, a, b, u, w, pres, keep, seg_w, opts.explicit, conv_w, v_padded, scale,
                     dtype, shapes)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
@@ -855,7 +890,7 @@ def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
     landmarks = opts.get("num_landmarks") or min(s["n"], s["m"])
     return cost(s["n"], s["d"], s["dv"], num_landmarks=landmarks, m_keys=s["m"], batch=tuple(s["batch"]),
                 pinv=opts.get("pinv", "iterative"), iterations=opts.get("iterations", DEFAULT_ITERATIONS),
-                on_divergence=opts.get("on_divergence", "raise"), pinv_tol=opts.get("pinv_tol"),
+                errors=opts.get("errors"), on_divergence=opts.get("on_divergence"), pinv_tol=opts.get("pinv_tol"),
                 conv_kernel_size=opts.get("conv_kernel_size"), itemsize=s["dtype_bytes"])
 
 
@@ -877,8 +912,8 @@ ORACLE_LANDMARKS = 2
 def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: bool | str = False,
                       scale: float | None = None, key_lengths: Any = None, num_landmarks: int | None = None,
                       pinv: str = "iterative", iterations: int = DEFAULT_ITERATIONS, pinv_rtol: float | None = None,
-                      pinv_tol: float | None = None, on_divergence: str = "raise",
-                      conv_kernel_size: int | None = None, check_finite: bool = False) -> Any:
+                      pinv_tol: float | None = None, errors: str | None = None, on_divergence: str | None = None,
+                      conv_kernel_size: int | None = None, check_finite: bool = True) -> Any:
     r"""Nystromformer attention ``softmax(s Q K~^T) Z softmax(s Q~ K^T) V``, ``Z ~ softmax(s Q~ K~^T)^+``.
 
     Parameters
@@ -902,23 +937,31 @@ def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None,
     pinv : {"iterative", "exact"}
         The paper's iteration (default) or ``xp.linalg.pinv``. The exact pseudoinverse inverts every
         singular value above ``pinv_rtol * s_max``, so on an ill-conditioned landmark matrix the
-        approximation error can be far *larger* than with 6 iterations. Segment means of iid Gaussian
-        tokens are near zero, so ``A`` is close to the rank-one ``1 1^T / m`` (measured condition
-        numbers 1e4 to 1e6 for m = 16..128, n = 1024, d = 16 or 64); there the measured relative
-        error is 6.2 to 12.8 exact vs 0.69 to 0.78 iterative (``refattn verify --claim nys-exact``).
-        A larger ``pinv_rtol`` truncates the small singular values.
+        approximation error can be far *larger* than with 6 iterations, which leave the smallest
+        singular values uninverted. Segment means of iid Gaussian tokens are near zero, so ``A`` is
+        close to the rank-one ``1 1^T / m`` and ill-conditioned (the ledger's claim ``nys-exact``,
+        ``refattn verify --claim nys-exact``, measures both errors). A larger ``pinv_rtol`` truncates
+        the small singular values.
     iterations : int
         Iterations of the iterative pseudoinverse, ``>= 0`` (default 6, as the paper's code).
     pinv_rtol : float, optional
         ``rtol`` of ``xp.linalg.pinv`` (exact mode; the array-API default ``m * eps`` when None).
     pinv_tol : float, optional
         Iterative mode: raise :class:`PinvConvergenceError` when ``||I - A Z_J||_F / sqrt(m)`` exceeds it.
-    on_divergence : {"raise", "warn", "ignore"}
-        What a diverging iterative pseudoinverse does (see the module docstring).
+    errors : {"raise", "warn", "ignore"}, optional
+        What a diverging iterative pseudoinverse does (see the module docstring): raise
+        :class:`PinvConvergenceError` (``"raise"``, the default when ``None``), warn with
+        :class:`PinvConvergenceWarning` and return the result (``"warn"``), or skip the check
+        (``"ignore"``).
+    on_divergence : {"raise", "warn", "ignore"}, optional
+        Deprecated name of ``errors`` (``DeprecationWarning``); giving both raises ``TypeError``.
     conv_kernel_size : int, optional
         Odd kernel size of the depthwise convolution skip on ``V`` (needs ``n == mk``).
     check_finite : bool
-        Reject NaN/inf in q, k, v.
+        ``True`` (default): NaN/inf in q, k, v and the positional parameters raise ``ValueError``
+        naming the argument. ``False`` skips that pass: non-finite values then reach the landmark
+        matrix, whose iterative pseudoinverse reports them as :class:`PinvConvergenceError` (unless
+        ``errors="ignore"``), while the exact one passes them to ``xp.linalg.pinv``.
 
     Returns
     -------
@@ -927,13 +970,15 @@ def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None,
     Raises
     ------
     TypeError
-        Non-floating or mixed dtypes, arrays of different libraries, a wrong number of parameters.
+        Non-floating or mixed dtypes, arrays of different libraries, a wrong number of parameters,
+        a ``check_finite`` other than ``True``/``False``, both ``errors`` and ``on_divergence``.
     ValueError
         Shapes that do not match, ``m > min(n, mk)``, ``m <= 0``, landmarks of the wrong shape,
         ``iterations < 0``, an even kernel size, ``causal``, masks it cannot honour (per-query,
-        additive, fewer kept keys than landmarks), unknown options.
+        additive, fewer kept keys than landmarks), unknown options, non-finite inputs
+        (``check_finite=True``).
     PinvConvergenceError
-        The iterative pseudoinverse diverged (``on_divergence="raise"``) or missed ``pinv_tol``.
+        The iterative pseudoinverse diverged (``errors="raise"``) or missed ``pinv_tol``.
 
     References
     ----------
@@ -941,8 +986,8 @@ def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None,
     """
     return forward(q, k, v, *params, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
                    num_landmarks=num_landmarks, pinv=pinv, iterations=iterations, pinv_rtol=pinv_rtol,
-                   pinv_tol=pinv_tol, on_divergence=on_divergence, conv_kernel_size=conv_kernel_size,
-                   check_finite=check_finite)[0]
+                   pinv_tol=pinv_tol, errors=errors, on_divergence=on_divergence,
+                   conv_kernel_size=conv_kernel_size, check_finite=check_finite)[0]
 
 
 # ----------------------------------------------------------------------------- closed-form cost
@@ -960,9 +1005,9 @@ def exact_pinv_flops(m: int) -> int:
 
 
 def cost(n: int, d: int, dv: int, *, num_landmarks: int, m_keys: int | None = None, batch: tuple[int, ...] = (),
-         pinv: str = "iterative", iterations: int = DEFAULT_ITERATIONS, on_divergence: str = "raise",
-         pinv_tol: float | None = None, conv_kernel_size: int | None = None, explicit_landmarks: bool = False,
-         itemsize: int = 8) -> Cost:
+         pinv: str = "iterative", iterations: int = DEFAULT_ITERATIONS, errors: str | None = None,
+         on_divergence: str | None = None, pinv_tol: float | None = None, conv_kernel_size: int | None = None,
+         explicit_landmarks: bool = False, itemsize: int = 8) -> Cost:
     r"""Closed-form cost of one unmasked :func:`nystrom_attention` forward call, counted per the
     conventions of :mod:`refattn.cost` on exactly the operations :func:`forward` performs.
 
@@ -975,7 +1020,7 @@ def cost(n: int, d: int, dv: int, *, num_landmarks: int, m_keys: int | None = No
       ``r c`` exponentials;
     - iterative pinv: ``4 m^2`` (``Z_0``: abs, the two sums and maxima, ``1/(c r)``, the product),
       ``J (8 m^3 + 4 m^2)`` (four matmuls, three identity shifts, the 1/4), and, when checked
-      (``on_divergence != "ignore"`` or ``pinv_tol``), ``2 m^3 + 6 m^2`` for ``J >= 1`` (``r_0^2``,
+      (``errors != "ignore"`` or ``pinv_tol``), ``2 m^3 + 6 m^2`` for ``J >= 1`` (``r_0^2``,
       ``A Z_J``, ``r_J^2``, the two-flop comparison; without the comparison when ``"ignore"``) or
       ``2 m^3 + 3 m^2 - 1`` for ``J = 0`` with ``pinv_tol``; once per call (not per batch
       element) ``3 m^2`` for the scaled identities (``J >= 1``) and ``b - 1`` for the maximum over the
@@ -993,21 +1038,18 @@ def cost(n: int, d: int, dv: int, *, num_landmarks: int, m_keys: int | None = No
     iteration, ``4 m^2`` identities, ``2 n dv`` of the skip), times ``itemsize``:
     ``O((n + mk) m + J m^2)``, linear in ``n`` at fixed ``m``. Masked calls add
     ``O(m mk d)`` flops and memory (the averaging matrix of the kept keys); not modelled here.
+    The options are validated as :func:`nystrom_attention` validates them.
     """
-    for name, val in (("n", n), ("d", d), ("dv", dv), ("num_landmarks", num_landmarks)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            msg = f"{name} must be a positive integer, got {val!r}"
-            raise ValueError(msg)
-    mk = n if m_keys is None else m_keys
-    m = num_landmarks
+    n, d, dv, m = (check_int(name, val, minimum=1) for name, val in
+                   (("n", n), ("d", d), ("dv", dv), ("num_landmarks", num_landmarks)))
+    mk = n if m_keys is None else check_int("m_keys", m_keys, minimum=1)
     if not explicit_landmarks and m > min(n, mk):
         msg = f"num_landmarks must be at most min(n, mk) = {min(n, mk)}, got {m}"
         raise ValueError(msg)
-    _check_choice("pinv", pinv, PINV_MODES)
-    _check_choice("on_divergence", on_divergence, ON_DIVERGENCE)
-    _check_iterations(iterations)
+    opts = _pinv_options(mode=pinv, iterations=iterations, tol=pinv_tol, errors=errors, on_divergence=on_divergence)
+    conv_kernel_size = _check_kernel_size(conv_kernel_size)
     b = math.prod(batch)
-    J = iterations
+    J = opts.iterations
 
     def softmax_block(r: int, c: int) -> int:
         return 2 * r * d * c + r * c + 4 * r * c - 2 * r
@@ -1016,16 +1058,15 @@ def cost(n: int, d: int, dv: int, *, num_landmarks: int, m_keys: int | None = No
     per += softmax_block(n, m) + softmax_block(m, m) + softmax_block(m, mk)
     once = 0
     per_op: dict[str, Any] = {}
-    if pinv == "iterative":
+    if opts.mode == "iterative":
         per += 4 * m * m + J * (8 * m**3 + 4 * m * m)
         if J >= 1:
             once += 3 * m * m
-        checked = on_divergence != "ignore" or pinv_tol is not None
-        if checked and J >= 1:
-            per += 2 * m**3 + 6 * m * m - 2 + (2 if on_divergence != "ignore" else 0)
-        elif checked and pinv_tol is not None:
+        if opts.checked and J >= 1:
+            per += 2 * m**3 + 6 * m * m - 2 + (2 if opts.errors != "ignore" else 0)
+        elif opts.checked and opts.tol is not None:
             per += 2 * m**3 + 3 * m * m - 1
-        if pinv_tol is not None:
+        if opts.tol is not None:
             once += b - 1
     else:
         per += exact_pinv_flops(m)
@@ -1034,7 +1075,7 @@ def cost(n: int, d: int, dv: int, *, num_landmarks: int, m_keys: int | None = No
     if conv_kernel_size is not None:
         per += 2 * conv_kernel_size * n * dv
     trans = b * (n * m + m * m + m * mk)
-    n_z = J + 1 if pinv == "iterative" else 1
+    n_z = J + 1 if opts.mode == "iterative" else 1
     kept = (0 if explicit_landmarks else 2 * m * d) + n * m + m * m + m * mk + n_z * m * m + 2 * m * dv + n * dv
     if conv_kernel_size is not None:
         kept += (mk + conv_kernel_size - 1) * dv + 2 * n * dv  # padded v; the running sum and one product
