@@ -30,9 +30,9 @@ Implementations
 
 Masks: see :mod:`refattn._masks` (boolean keep-masks, additive masks, ``causal`` with a stated
 alignment, ``key_lengths``). A query row whose keys are all masked returns **zeros**, its saved
-log-sum-exp is ``-inf`` and its gradients are zero: it never yields NaN (torch 2.13's SDPA returns
-zeros there too; older torch releases returned NaN). Half-precision inputs are computed in float32
-and the result is cast back.
+log-sum-exp is ``-inf`` and its gradients are zero: it never yields NaN (torch 2.13's SDPA also
+returns zeros for such rows). Half-precision inputs are computed in float32 and the result is cast
+back.
 
 Validation and implementation
 -----------------------------
