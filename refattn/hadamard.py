@@ -63,6 +63,11 @@ half-precision casts around it. Tests compare every primitive with the generic t
 
 Half-precision inputs are transformed in float32 and cast back (``refattn._xp.compute_dtype``).
 
+Validation and implementation: the public functions validate the arrays and resolve their options
+once (:func:`_options`, shared by :func:`fwht` and :func:`wht_projection`, and used by
+:func:`refattn.mha.multi_head_attention` for its WHT projection); the implementations
+(``_transform``, ``_wht_forward``) and the backward passes validate nothing.
+
 References
 ----------
 S. Aggarwal, L. Kumar, "Rethinking Attention Output Projection: Structured Hadamard Transforms for
@@ -73,8 +78,11 @@ matrix treatment of the fast Walsh-Hadamard transform", IEEE Trans. Computers (1
 from __future__ import annotations
 
 import math
+import numbers
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ._checks import check_choice, check_flag, check_int
 from ._primitives import backend_primitive
 from ._registry import Function, declare
 from ._xp import check_float_array, check_same_namespace_device, compute_dtype, device, namespace
@@ -110,10 +118,7 @@ def is_power_of_two(c: int) -> bool:
 
 def next_power_of_two(c: int) -> int:
     """The smallest ``2^p >= c`` (``c >= 1``)."""
-    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        msg = f"c must be a positive integer, got {c!r}"
-        raise ValueError(msg)
-    return 1 << (c - 1).bit_length()
+    return 1 << (check_int("c", c, minimum=1) - 1).bit_length()
 
 
 def hadamard_matrix(c: int, /, *, xp: Any = None, dtype: Any = None, device: Any = None) -> Any:
@@ -151,25 +156,36 @@ def hadamard_matrix(c: int, /, *, xp: Any = None, dtype: Any = None, device: Any
 
 
 def _check_axis(axis: Any, ndim: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
+    if not isinstance(axis, numbers.Integral) or axis is True or axis is False:
         msg = f"axis must be an integer, got {axis!r}"
         raise TypeError(msg)
     if not -ndim <= axis < ndim:
         msg = f"axis {axis} is out of range for x with {ndim} dimensions (valid: {-ndim} .. {ndim - 1})"
         raise ValueError(msg)
-    return axis % ndim
+    return int(axis) % ndim
 
 
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        msg = f"{name} must be True or False, got {value!r}"
-        raise TypeError(msg)
+@dataclass(frozen=True)
+class _Options:
+    """Resolved options of one transform: the length ``c``, the padded length ``c_pad``."""
+
+    normalized: bool
+    impl: str
+    c: int
+    c_pad: int
 
 
-def _check_impl(impl: Any) -> None:
-    if impl not in IMPLS:
-        msg = f"impl must be one of {IMPLS}, got {impl!r}"
+def _options(xp: Any, c: int, what: str, *, normalized: Any = True, pad: Any = False,
+             impl: Any = "generic") -> _Options:
+    """Validate and resolve the transform's options for length ``c`` (``what`` names the axis)."""
+    check_flag("normalized", normalized)
+    check_flag("pad", pad)
+    check_choice("impl", impl, IMPLS)
+    if impl == "backend" and backend_primitive(xp) is None:
+        msg = (f"impl='backend' needs a backend that registers an 'fwht' primitive; the backend of "
+               f"{xp.__name__} has none (use impl='generic' or 'auto')")
         raise ValueError(msg)
+    return _Options(normalized, impl, c, _padded_size(c, pad, what))
 
 
 def _padded_size(c: int, pad: bool, what: str) -> int:
@@ -228,10 +244,6 @@ def _transform(xp: Any, x: Any, axis: int, c_pad: int, normalized: bool, impl: s
     """``H_{c'} [x; 0]`` (times ``1/sqrt(c')`` if ``normalized``) along ``axis``, in x's dtype."""
     x = _pad_axis(xp, x, axis, c_pad)
     prim = None if impl == "generic" else backend_primitive(xp)
-    if impl == "backend" and prim is None:
-        msg = (f"impl='backend' needs a backend that registers an 'fwht' primitive; the backend of "
-               f"{xp.__name__} has none (use impl='generic' or 'auto')")
-        raise ValueError(msg)
     y = prim(x, axis=axis) if prim is not None else _butterflies(xp, x, axis)
     if normalized and c_pad > 1:
         if prim is None:  # the butterflies returned a new array (c_pad >= 2): scale it in place
@@ -268,15 +280,11 @@ def fwht_forward(x: Any, /, *, axis: int = -1, normalized: bool = True, pad: boo
     xp = namespace(x)
     check_float_array("x", x, xp, ndim_min=1)
     ax = _check_axis(axis, x.ndim)
-    _check_flag("normalized", normalized)
-    _check_flag("pad", pad)
-    _check_impl(impl)
-    c = x.shape[ax]
-    c_pad = _padded_size(c, pad, f"x along axis {axis}")
+    o = _options(xp, x.shape[ax], f"x along axis {axis}", normalized=normalized, pad=pad, impl=impl)
     dtype, work = x.dtype, compute_dtype(xp, x.dtype)
     xw = xp.astype(x, work) if work != dtype else x
-    y = _transform(xp, xw, ax, c_pad, normalized, impl)
-    res = FWHTResiduals(ax, c, c_pad, normalized, impl, dtype, work, xp)
+    y = _transform(xp, xw, ax, o.c_pad, o.normalized, o.impl)
+    res = FWHTResiduals(ax, o.c, o.c_pad, o.normalized, o.impl, dtype, work, xp)
     return (xp.astype(y, dtype) if work != dtype else y), res
 
 
@@ -296,10 +304,8 @@ def fwht_cost(c: int, /, *, batch: int = 1, normalized: bool = True, pad: bool =
     subtractions, then one multiplication per entry. No transcendentals (``1/sqrt(c')`` is a Python
     constant). Only ``flops`` and ``transcendentals`` are modelled (bytes are left at 0).
     """
-    for name, v in (("c", c), ("batch", batch)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "c" else 0):
-            msg = f"{name} must be a {'positive' if name == 'c' else 'non-negative'} integer, got {v!r}"
-            raise ValueError(msg)
+    check_int("c", c, minimum=1)
+    check_int("batch", batch, minimum=0)
     c_pad = _padded_size(c, pad, "c")
     p = c_pad.bit_length() - 1
     per_vector = c_pad * p + (c_pad if normalized and c_pad > 1 else 0)
@@ -395,21 +401,27 @@ def wht_forward(x: Any, /, scale: Any, shift: Any = None, *, normalized: bool = 
         if a.dtype != x.dtype:
             msg = f"{name} must have x's dtype {x.dtype}, got {a.dtype}"
             raise TypeError(msg)
-    _check_flag("normalized", normalized)
-    _check_flag("pad", pad)
-    _check_impl(impl)
-    c_pad = _padded_size(c, pad, "x's last axis")
+    opts = _options(xp, c, "x's last axis", normalized=normalized, pad=pad, impl=impl)
     dtype, work = x.dtype, compute_dtype(xp, x.dtype)
     cast = (lambda a: a if a is None else xp.astype(a, work)) if work != dtype else (lambda a: a)  # noqa: E731
-    xw, sw, bw = cast(x), cast(scale), cast(shift)
-    ax = x.ndim - 1
-    t = _take_axis(_transform(xp, xw, ax, c_pad, normalized, impl), ax, c)
-    y = t * sw
-    if bw is not None:
-        y = y + bw
-    shapes = (tuple(x.shape), tuple(scale.shape), None if shift is None else tuple(shift.shape))
-    res = WHTResiduals(t, sw, shift is not None, c, c_pad, normalized, impl, dtype, work, shapes)
+    y, res = _wht_forward(xp, cast(x), cast(scale), cast(shift), opts, dtype)
     return (xp.astype(y, dtype) if work != dtype else y), res
+
+
+def _wht_forward(xp: Any, x: Any, scale: Any, shift: Any, opts: _Options,
+                 dtype: Any = None) -> tuple[Any, WHTResiduals]:
+    """The implementation of :func:`wht_forward`: valid working-precision arrays and resolved
+    options (:func:`_options`); returns ``(y, WHTResiduals)`` with ``y`` in the working precision.
+    ``dtype``: the dtype the backward returns gradients in (default ``x.dtype``)."""
+    ax = x.ndim - 1
+    t = _take_axis(_transform(xp, x, ax, opts.c_pad, opts.normalized, opts.impl), ax, opts.c)
+    y = t * scale
+    if shift is not None:
+        y = y + shift
+    shapes = (tuple(x.shape), tuple(scale.shape), None if shift is None else tuple(shift.shape))
+    res = WHTResiduals(t, scale, shift is not None, opts.c, opts.c_pad, opts.normalized, opts.impl,
+                       x.dtype if dtype is None else dtype, x.dtype, shapes)
+    return y, res
 
 
 def wht_backward(res: WHTResiduals, dy: Any, /) -> WHTGrads:

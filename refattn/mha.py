@@ -43,30 +43,42 @@ parameters (Linformer's ``E, F``...) get them as ``*method_params`` after the te
 arguments; their gradients come last in :class:`Grads`.
 
 Half-precision inputs are computed in float32 and the output cast back (``compute_dtype``).
+
+Validation and implementation: :func:`forward` validates the arrays and resolves every option once
+(:func:`_validate`, into a frozen :class:`Options`). With the default method it then runs softmax's
+implementation (``refattn.methods.softmax._forward`` on the per-head arrays it built, with the
+options of ``method_kwargs`` resolved once by ``softmax.options``) and, for ``projection="wht"``,
+the WHT projection's implementation (``refattn.hadamard._wht_forward``): nothing is validated
+twice. On that path the per-head ``q, k, v`` are checked for NaN/inf only when ``method_kwargs``
+sets ``check_finite=True`` (they are MHA's own products; non-finite inputs propagate, as they did
+before). Other methods run through :func:`refattn.vjp` with their own validation and defaults.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 from . import hadamard
+from ._checks import check_choice, check_flag, check_int
+from ._masks import make_mask
 from ._registry import Function, declare, functions, lookup
 from ._vjp import vjp as _vjp
 from ._xp import (
     broadcast_shapes,
     check_float_array,
-    check_positive_int,
     check_same_namespace_device,
     compute_dtype,
     namespace,
 )
 from .cost import Cost
+from .methods import softmax as _softmax
 from .methods.softmax import softmax_attention
 
-__all__ = ["multi_head_attention", "forward", "backward", "Residuals", "Grads", "PROJECTIONS",
+__all__ = ["multi_head_attention", "forward", "backward", "Options", "Residuals", "Grads", "PROJECTIONS",
            "parameter_count", "removed_fraction", "output_projection_cost"]
 
 PROJECTIONS = ("dense", "wht")
@@ -163,8 +175,24 @@ def _check_shape(name: str, a: Any, shape: tuple[int, ...], why: str) -> None:
         raise ValueError(msg)
 
 
+@dataclass(frozen=True)
+class Options:
+    """The resolved options of one :func:`multi_head_attention` call (``wht``: the projection's
+    resolved options, ``None`` for the dense projection)."""
+
+    heads: int
+    projection: str
+    method: Callable[..., Any]
+    method_kwargs: Mapping[str, Any]
+    wht: Any
+    c_qk: int
+    c_v: int
+    c_out: int
+
+
 def _validate(args: dict[str, Any], method_params: tuple[Any, ...], heads: Any, projection: Any,
-              method: Any, method_kwargs: Any, projection_kwargs: Any) -> tuple[Any, int, int, int]:
+              method: Any, method_kwargs: Any, projection_kwargs: Any) -> tuple[Any, Options]:
+    """Validate every array and resolve every option, once."""
     x, context = args["x"], args["context"]
     for name in ("x", "w_q", "w_k", "w_v", "w_o"):
         if args[name] is None:
@@ -182,10 +210,8 @@ def _validate(args: dict[str, Any], method_params: tuple[Any, ...], heads: Any, 
         if a is not None and a.dtype != x.dtype:
             msg = f"{name} must have x's dtype {x.dtype}, got {a.dtype}"
             raise TypeError(msg)
-    if projection not in PROJECTIONS:
-        msg = f"projection must be one of {PROJECTIONS}, got {projection!r}"
-        raise ValueError(msg)
-    check_positive_int("heads", heads)
+    check_choice("projection", projection, PROJECTIONS)
+    heads = check_int("heads", heads, minimum=1)
     if lookup(method) is None:
         names = ", ".join(sorted(getattr(f, "__name__", repr(f)) for f in functions()))
         msg = f"method must be a refattn attention function with a registered vjp ({names}), got {method!r}"
@@ -213,7 +239,7 @@ def _validate(args: dict[str, Any], method_params: tuple[Any, ...], heads: Any, 
     if projection == "dense":
         check_float_array("w_o", w_o, xp, ndim=2)
         _check_shape("w_o", w_o, (c_v, w_o.shape[1]), f"the value width c_v={c_v} by the output width")
-        c_out = w_o.shape[1]
+        c_out, wht = w_o.shape[1], None
     else:
         check_float_array("w_o", w_o, xp)
         _check_shape("w_o", w_o, (c_v,), f"projection='wht': the per-channel scale of width c_v={c_v}")
@@ -222,13 +248,40 @@ def _validate(args: dict[str, Any], method_params: tuple[Any, ...], heads: Any, 
             msg = (f"projection='wht' needs the value width c_v = w_v.shape[1] to be a power of two, "
                    f"got {c_v}; pass projection_kwargs={{'pad': True}} for the truncated padded transform")
             raise ValueError(msg)
+        wht = hadamard._options(xp, c_v, "x's last axis", **dict(projection_kwargs or {}))
     _check_shape("b_q", args["b_q"], (c_qk,), "the query/key width")
     _check_shape("b_k", args["b_k"], (c_qk,), "the query/key width")
     _check_shape("b_v", args["b_v"], (c_v,), "the value width")
     _check_shape("b_o", args["b_o"], (c_out,), "the output width" + (" (the wht shift)" if projection == "wht" else ""))
     if context is not None:
         broadcast_shapes(x.shape[:-2], context.shape[:-2], names=("x", "context"))
-    return xp, c_qk, c_v, c_out
+    if method is softmax_attention and method_params:
+        msg = f"softmax_attention takes no method_params (positional parameters), got {len(method_params)}"
+        raise TypeError(msg)
+    return xp, Options(heads, projection, method, dict(method_kwargs or {}), wht, c_qk, c_v, c_out)
+
+
+def _softmax_heads(xp: Any, qh: Any, kh: Any, vh: Any, kw: Mapping[str, Any],
+                   dev_ref: Any) -> tuple[Any, Callable[[Any], Any]]:
+    """Softmax's implementation on the per-head arrays MHA built (valid by construction): resolve the
+    keyword options of ``method_kwargs`` once, the mask once, then ``softmax._forward``."""
+    kw = dict(kw)
+    known = set(lookup(softmax_attention).options)
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        msg = f"softmax_attention() got an unexpected keyword argument {unknown[0]!r} in method_kwargs"
+        raise TypeError(msg)
+    mask, key_lengths = kw.pop("mask", None), kw.pop("key_lengths", None)
+    causal, check_finite = kw.pop("causal", False), kw.pop("check_finite", False)
+    check_same_namespace_device({"x": dev_ref, "mask": mask, "key_lengths": key_lengths}, xp, "x")
+    batch = broadcast_shapes(qh.shape[:-2], kh.shape[:-2], vh.shape[:-2])
+    n, m, d = qh.shape[-2], kh.shape[-2], qh.shape[-1]
+    opts = _softmax.options(xp, batch, n, m, d, qh.dtype, check_finite=check_finite, **kw)
+    if opts.check_finite:
+        _softmax._check_data(xp, qh, kh, vh)
+    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch, dtype=qh.dtype)
+    out, res = _softmax._forward(xp, qh, kh, vh, spec, opts)
+    return out, lambda g: _softmax.backward(res, g)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,8 +295,7 @@ def forward(x: Any, w_q: Any, w_k: Any, w_v: Any, w_o: Any, b_q: Any = None, b_k
             projection_kwargs: Mapping[str, Any] | None = None) -> tuple[Any, Residuals]:
     """Forward pass of :func:`multi_head_attention`: ``(y, Residuals)``."""
     args = dict(zip(_NAMES, (x, w_q, w_k, w_v, w_o, b_q, b_k, b_v, b_o, context)))
-    xp, c_qk, c_v, c_out = _validate(args, method_params, heads, projection, method, method_kwargs,
-                                     projection_kwargs)
+    xp, opts = _validate(args, method_params, heads, projection, method, method_kwargs, projection_kwargs)
     dtype, work = x.dtype, compute_dtype(xp, x.dtype)
     if work != dtype:
         args = {k: (None if a is None else xp.astype(a, work)) for k, a in args.items()}
@@ -254,12 +306,15 @@ def forward(x: Any, w_q: Any, w_k: Any, w_v: Any, w_o: Any, b_q: Any = None, b_k
     qh = _split_heads(xp, _linear(x, w_q, b_q), heads)
     kh = _split_heads(xp, _linear(src, w_k, b_k), heads)
     vh = _split_heads(xp, _linear(src, w_v, b_v), heads)
-    oh, method_pullback = _vjp(method, qh, kh, vh, *method_params, **dict(method_kwargs or {}))
+    if opts.method is softmax_attention:
+        oh, method_pullback = _softmax_heads(xp, qh, kh, vh, opts.method_kwargs, x)
+    else:
+        oh, method_pullback = _vjp(opts.method, qh, kh, vh, *method_params, **opts.method_kwargs)
     merged = _merge_heads(xp, oh)
     if projection == "dense":
         y, proj_res = _linear(merged, w_o, b_o), None
     else:
-        y, proj_res = hadamard.wht_forward(merged, w_o, b_o, **dict(projection_kwargs or {}))
+        y, proj_res = hadamard._wht_forward(xp, merged, w_o, b_o, opts.wht)
     res = Residuals(x, context, w_q, w_k, w_v, w_o, tuple(a is not None for a in (b_q, b_k, b_v, b_o)),
                     merged if projection == "dense" else None, method_pullback, proj_res, heads,
                     projection, len(method_params), dtype, work)
@@ -362,10 +417,6 @@ def multi_head_attention(x: Any, w_q: Any, w_k: Any, w_v: Any, w_o: Any, b_q: An
 # parameter counts and the output projection's cost
 
 
-def _check_width(name: str, value: Any, *, allow_none: bool = True) -> None:
-    check_positive_int(name, value, allow_none=allow_none)
-
-
 def parameter_count(c: int, /, *, projection: str = "dense", bias: bool = True, shift: bool = True,
                     c_context: int | None = None, c_qk: int | None = None, c_v: int | None = None,
                     c_out: int | None = None) -> int:
@@ -377,16 +428,12 @@ def parameter_count(c: int, /, *, projection: str = "dense", bias: bool = True, 
     ``c_context = c_qk = c_v = c`` and ``c_out = c`` (the usual square block: dense ``4c^2 + 4c``).
     The head count does not change the count.
     """
-    _check_width("c", c, allow_none=False)
+    check_int("c", c, minimum=1)
     for name, v in (("c_context", c_context), ("c_qk", c_qk), ("c_v", c_v), ("c_out", c_out)):
-        _check_width(name, v)
-    if projection not in PROJECTIONS:
-        msg = f"projection must be one of {PROJECTIONS}, got {projection!r}"
-        raise ValueError(msg)
-    for name, flag in (("bias", bias), ("shift", shift)):
-        if not isinstance(flag, bool):
-            msg = f"{name} must be True or False, got {flag!r}"
-            raise TypeError(msg)
+        check_int(name, v, minimum=1, allow_none=True)
+    check_choice("projection", projection, PROJECTIONS)
+    check_flag("bias", bias)
+    check_flag("shift", shift)
     c_ctx, c_qk, c_v = c_context or c, c_qk or c, c_v or c
     c_out = c_out or (c if projection == "dense" else c_v)
     if projection == "wht" and c_out != c_v:
@@ -419,12 +466,10 @@ def output_projection_cost(rows: int, c_v: int, /, *, projection: str = "dense",
     :func:`refattn.hadamard.wht_cost` (``c log2 c`` butterflies ``+ c`` normalisation ``+ c`` scale
     ``+ [bias] c`` shift per row; ``bias`` is the shift here).
     """
-    check_positive_int("rows", rows)
-    check_positive_int("c_v", c_v)
+    check_int("rows", rows, minimum=1)
+    check_int("c_v", c_v, minimum=1)
+    check_choice("projection", projection, PROJECTIONS)
     if projection == "dense":
         c_out = c_out or c_v
         return Cost(flops=2 * rows * c_v * c_out + (rows * c_out if bias else 0))
-    if projection == "wht":
-        return hadamard.wht_cost(c_v, batch=rows, normalized=normalized, pad=pad, shift=bias)
-    msg = f"projection must be one of {PROJECTIONS}, got {projection!r}"
-    raise ValueError(msg)
+    return hadamard.wht_cost(c_v, batch=rows, normalized=normalized, pad=pad, shift=bias)

@@ -90,8 +90,11 @@ def test_linear_cost_methods(name, fn, args, kw, closed, bound):
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("backward", [False, True])
 def test_softmax_within_closed_form(impl, causal, backward):
-    """FLOPs, transcendentals, bytes and allocations exact; peak under the closed form's bound (the
-    dense forward's real peak is two (n, m) arrays, the blockwise one O(block^2 + n dv))."""
+    """FLOPs and transcendentals exact; bytes, allocations and peak under the closed form's bounds,
+    and the bounds tight at these sizes: bytes within 25%, allocations within 1.5x, peak within 4x
+    (the dense bound counts every array the dense path writes as if none were freed: up to eight
+    (n, m) arrays where the real peak holds two (forward) or three (backward); the blockwise bound
+    sums the carried arrays, the largest block's writes and what the loop variables hold)."""
     n = N_QUAD
     q, k, v = _qkv(n)
     kw = {"impl": impl, "causal": causal, "block_q": 32, "block_k": 32}
@@ -105,9 +108,10 @@ def test_softmax_within_closed_form(impl, causal, backward):
         got = measure(run, q, k, v, dout)
     else:
         got = measure(refattn.softmax_attention, q, k, v, **kw)
-    for f in ("flops", "transcendentals", "bytes_read", "bytes_written", "allocations"):
+    for f in ("flops", "transcendentals"):
         assert getattr(got, f) == getattr(closed, f), f
-    assert got.peak_bytes <= closed.peak_bytes
+    for f, factor in (("bytes_read", 1.25), ("bytes_written", 1.25), ("allocations", 1.5), ("peak_bytes", 4)):
+        assert getattr(got, f) <= getattr(closed, f) <= factor * getattr(got, f), f
     if impl == "dense" and not backward:
         assert got.peak_bytes <= (2 * B * n * n + 4 * B * n * (D + DV + 2)) * W  # two (n, m) arrays
 

@@ -364,7 +364,10 @@ def test_degenerate_gap_raises_or_warns():
     with pytest.raises(ValueError, match="tied"):
         heat.truncate(a, rank=2)
     with pytest.warns(RuntimeWarning, match="tied"):
-        heat.truncate(a, rank=2, on_degenerate="warn")
+        heat.truncate(a, rank=2, errors="warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        heat.truncate(a, rank=2, errors="ignore")
     heat.truncate(a, rank=1)  # the tie is inside the tail: fine
     heat.truncate(a, rank=3)  # ... inside the top: fine
     # K of numerical rank 2 asked for rank 3 < min(m, d) = 4: sigma_3 = sigma_4 = 0 (to rounding)
@@ -375,6 +378,30 @@ def test_degenerate_gap_raises_or_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         heat.heat_attention(q, k2, v, rank=2, reading="features")
+
+
+def test_on_degenerate_is_deprecated_but_works():
+    """on_degenerate (heat_attention and truncate) still works, warns DeprecationWarning, and
+    cannot be combined with errors."""
+    rs = np.random.default_rng(61)
+    a = _with_spectrum(rs, 6, 5, np.array([4.0, 2.0, 2.0, 1.0, 0.5]))
+    with pytest.warns(DeprecationWarning, match="on_degenerate='warn' is deprecated; use errors='warn'"):
+        with pytest.warns(RuntimeWarning, match="tied"):
+            heat.truncate(a, rank=2, on_degenerate="warn")
+    with pytest.warns(DeprecationWarning, match="on_degenerate='raise' is deprecated"):
+        with pytest.raises(ValueError, match="tied"):
+            heat.truncate(a, rank=2, on_degenerate="raise")
+    q, k, v = host_qkv(62, batch=(), n=5, m=6, d=4, dv=2)
+    k2 = k[:, :2] @ rs.standard_normal((2, 4))
+    with pytest.warns(DeprecationWarning, match="on_degenerate"):
+        with pytest.warns(RuntimeWarning, match="numerical rank"):
+            out = heat.heat_attention(q, k2, v, rank=3, reading="features", on_degenerate="warn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = heat.heat_attention(q, k2, v, rank=3, reading="features", errors="ignore")
+    assert np.array_equal(out, same)
+    with pytest.raises(TypeError, match="give the failure policy once"):
+        heat.heat_attention(q, k2, v, rank=3, reading="features", errors="warn", on_degenerate="warn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,6 +435,10 @@ def test_bad_input():
         h(q, k, v, rank=2, reading="features", basis="q")
     with pytest.raises(ValueError, match="on_degenerate"):
         h(q, k, v, rank=2, on_degenerate="ignore")
+    with pytest.raises(ValueError, match="errors must be one of"):
+        h(q, k, v, rank=2, errors="skip")
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        h(q, k, v, rank=2, check_finite=1)
     with pytest.raises(ValueError, match="gap_rtol"):
         h(q, k, v, rank=2, gap_rtol=-1.0)
     bad = q.copy()

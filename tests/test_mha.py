@@ -342,3 +342,32 @@ def test_bad_input(backend):
         parameter_count(8, projection="wht", c_out=4)
     with pytest.raises(ValueError, match="c must be a positive integer"):
         parameter_count(0)
+
+
+def test_softmax_heads_run_the_implementation_once(monkeypatch):
+    """With the default method MHA runs softmax's implementation (never the public softmax.forward),
+    validates method_kwargs once, and checks the per-head arrays for NaN/inf only when asked."""
+    host = make_params(12, projection="dense", bias=True, cross=False)
+    ref_y = multi_head_attention(*host, heads=H, method_kwargs={"causal": True})
+
+    def no_public(*a, **kw):
+        raise AssertionError("softmax.forward called from multi_head_attention")
+
+    monkeypatch.setattr(softmax, "forward", no_public)
+    y, pullback = refattn.vjp(multi_head_attention, *host, heads=H, method_kwargs={"causal": True})
+    assert np.array_equal(y, ref_y)
+    pullback(np.ones_like(y))
+    bad = [np.full_like(host[0], np.nan), *host[1:]]
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(multi_head_attention(*bad, heads=H)).all()  # propagates, as before
+    with pytest.raises(ValueError, match="q must be finite"):
+        multi_head_attention(*bad, heads=H, method_kwargs={"check_finite": True})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'causl'"):
+        multi_head_attention(*host, heads=H, method_kwargs={"causl": True})
+    with pytest.raises(ValueError, match="impl must be one of"):
+        multi_head_attention(*host, heads=H, method_kwargs={"impl": "fast"})
+    with pytest.raises(TypeError, match="takes no method_params"):
+        multi_head_attention(*host, host[0], heads=H)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        multi_head_attention(*make_params(12, projection="wht", bias=True, cross=False), heads=H, projection="wht",
+                             projection_kwargs={"impl": "fast"})

@@ -61,7 +61,8 @@ def _torch_sdpa(q, k, v, explicit):
 
 
 def _rows_with_keys(explicit, shape):
-    """Query rows that keep at least one key (torch gives NaN on the others; refattn gives 0)."""
+    """Query rows that keep at least one key (the others are compared apart: refattn gives 0 there,
+    its documented value, whatever the torch release does)."""
     if explicit is None:
         return np.ones(shape[:-1], bool)
     keep = np.isfinite(explicit) if explicit.dtype != bool else explicit

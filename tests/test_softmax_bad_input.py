@@ -71,3 +71,33 @@ def test_inputs_are_not_modified():
         pb(np.ones_like(out))
     for a, b in ((q, Q), (k, K), (v, V)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_check_finite_default_and_opt_out():
+    """check_finite=True by default (ValueError naming the argument); False lets NaN propagate; a
+    flag accepts only True/False."""
+    bad_v = np.where(V > 1, np.nan, V)
+    with pytest.raises(ValueError, match="v must be finite"):
+        refattn.softmax_attention(Q, K, bad_v)
+    out = refattn.softmax_attention(Q, K, bad_v, check_finite=False)
+    assert np.isnan(out).any()
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        refattn.softmax_attention(Q, K, V, check_finite=1)
+
+
+def test_composites_call_the_implementation(monkeypatch):
+    """HEAT's truncating readings run softmax's implementation, not the public softmax.forward, and
+    softmax.backward validates nothing (it trusts its residuals)."""
+    from refattn.methods import softmax as sm
+
+    want = refattn.heat_attention(Q, K, V, rank=2, reading="features")
+
+    def no_public(*a, **kw):
+        raise AssertionError("public softmax.forward called by a composite")
+
+    monkeypatch.setattr(sm, "forward", no_public)
+    monkeypatch.setattr(sm, "validate_qkv", no_public)
+    for reading in ("logits", "features"):
+        out, pullback = refattn.vjp(refattn.heat_attention, Q, K, V, rank=2, reading=reading)
+        pullback(np.ones_like(out))
+    assert np.array_equal(refattn.heat_attention(Q, K, V, rank=2, reading="features"), want)

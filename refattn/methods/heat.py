@@ -75,20 +75,31 @@ rank). Ties *inside* the top ``r`` or inside the tail are harmless: only the blo
 matters. refattn checks the relative gap ``(sigma_r - sigma_{r+1}) / sigma_1`` in the forward pass
 and, below ``gap_rtol`` (default ``sqrt(eps)`` of the working dtype: below it more than half the
 digits of the computed subspace and of the gradient are lost, by Wedin's bound
-``sin theta <= ||E|| / gap`` with ``||E|| ~ eps sigma_1``), raises a ``ValueError``
-(``on_degenerate="raise"``, the default) or issues a ``RuntimeWarning`` (``"warn"``). At
+``sin theta <= ||E|| / gap`` with ``||E|| ~ eps sigma_1``), acts under the failure policy
+``errors``: a ``ValueError`` (``"raise"``, the default), a ``RuntimeWarning`` (``"warn"``) or
+nothing (``"ignore"``). (``on_degenerate="raise"|"warn"`` is the deprecated spelling.) At
 ``r`` equal to the structural rank ``k`` (``min(n, m, d)`` for the logits, ``min(rows, d)`` for the
 features) ``trunc_r`` is the identity on every reachable matrix, there is no ``sigma_{r+1}`` and no
 check; this is the "r = full rank reproduces exact attention" case, computed by the same code.
 
 Where the cotangents come from: the ``features`` readings materialise the truncated features and
-call :func:`refattn.methods.softmax.forward`; its backward returns ``G`` itself. The ``logits``
+run softmax's implementation on them; its backward returns ``G`` itself. The ``logits``
 reading factors ``S = s Q K^T`` through the QR factorisations ``Q = Q_q R_q``, ``K = Q_k R_k`` (so
 its SVD costs ``O((n + m) d^2 + d^3)``, not ``O(n m min(n, m))``: ``sigma_b = 0`` exactly beyond
 ``min(n, m, d)``) and runs the softmax on the zero-padded features ``a = [U_r Sigma_r, U_r]``,
 ``b = [V_r, 0]`` (``a b^T = S_r`` exactly: the padding adds zeros), so that one softmax backward
 returns both ``G V_r`` (first ``r`` columns of ``da``) and ``G^T U_r`` (last ``r`` of ``db``)
 without dividing by a singular value.
+
+Validation and implementation
+-----------------------------
+:func:`forward` validates once: the arrays, every option into one frozen :class:`Options`
+(:func:`_options`, which also resolves softmax's options), the data-dependent step
+:func:`_check_data` (finiteness: ``q`` and ``k`` always for the truncating readings, which
+decompose them, everything with ``check_finite=True``) and the mask. The implementation
+``_forward(xp, q, k, v, spec, opts, dtype)`` never validates; it calls softmax's implementation
+``refattn.methods.softmax._forward`` (not the public function), and its one data-dependent check,
+the singular gap, runs in one place (:func:`_svd_checked`) under the policy ``errors``.
 
 References
 ----------
@@ -100,10 +111,12 @@ decomposition"; G. W. Stewart & J.-G. Sun 1990, "Matrix perturbation theory".
 from __future__ import annotations
 
 import math
-import warnings
+import numbers
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .._masks import make_mask, mask_block
+from .._checks import check_choice, check_flag, check_int, check_real, legacy_policy, report
+from .._masks import MaskSpec, make_mask, mask_block
 from .._primitives import exp_consuming
 from .._registry import MASK_KINDS, Function, Method, declare
 from .._xp import (
@@ -121,13 +134,13 @@ from .._xp import check_finite as _check_finite_array
 from ..cost import Cost, linalg_flops
 from . import softmax as _softmax
 
-__all__ = ["heat_attention", "forward", "backward", "cost", "Residuals", "Grads", "READINGS", "BASES",
+__all__ = ["heat_attention", "forward", "backward", "cost", "Options", "Residuals", "Grads", "READINGS", "BASES",
            "truncate", "truncate_forward", "truncate_backward", "truncate_cost", "eq10_holds",
            "structural_rank", "DEGENERATE_ACTIONS"]
 
 READINGS = ("logits", "features", "hadamard")
 BASES = ("k", "qk")
-DEGENERATE_ACTIONS = ("raise", "warn")
+DEGENERATE_ACTIONS = ("raise", "warn")  # the values of the deprecated on_degenerate
 DEFAULT_BLOCK_Q_HADAMARD = 64
 
 
@@ -152,12 +165,10 @@ def _svd(xp: Any, a: Any) -> tuple[Any, Any, Any]:
 
 
 def _check_rank(rank: Any, k: int, what: str) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int):
+    if not isinstance(rank, numbers.Integral) or rank is True or rank is False:
         msg = f"rank must be a positive integer (the truncation rank r), got {rank!r}"
         raise TypeError(msg)
-    if rank <= 0:
-        msg = f"rank must be a positive integer (the truncation rank r), got {rank}"
-        raise ValueError(msg)
+    rank = check_int("rank", rank, minimum=1, what="the truncation rank r")
     if rank > k:
         msg = (f"rank must be at most the rank available to {what}, {k}, got {rank}: a rank-{rank} "
                f"truncation of a matrix of rank <= {k} is not defined")
@@ -166,21 +177,17 @@ def _check_rank(rank: Any, k: int, what: str) -> int:
 
 
 def _gap_rtol(xp: Any, dtype: Any, gap_rtol: float | None) -> float:
-    if gap_rtol is None:
-        return float(xp.finfo(dtype).eps) ** 0.5
-    if isinstance(gap_rtol, bool) or not isinstance(gap_rtol, (int, float)) or not (0 <= gap_rtol < 1):
-        msg = f"gap_rtol must be a real number in [0, 1) or None, got {gap_rtol!r}"
-        raise ValueError(msg)
-    return float(gap_rtol)
+    tol = check_real("gap_rtol", gap_rtol, minimum=0, maximum=1, open_max=True, allow_none=True)
+    return float(xp.finfo(dtype).eps) ** 0.5 if tol is None else tol
 
 
-def _check_degenerate_option(on_degenerate: str) -> None:
-    if on_degenerate not in DEGENERATE_ACTIONS:
-        msg = f"on_degenerate must be one of {DEGENERATE_ACTIONS}, got {on_degenerate!r}"
-        raise ValueError(msg)
+def _errors(errors: Any, on_degenerate: Any) -> str:
+    """The failure policy of the gap check; ``on_degenerate`` is its deprecated spelling."""
+    return legacy_policy(None if errors == "raise" else errors, {"on_degenerate": on_degenerate},
+                         mapping={"on_degenerate": {a: a for a in DEGENERATE_ACTIONS}})
 
 
-def _check_gap(xp: Any, s: Any, r: int, tol: float, on_degenerate: str, what: str) -> None:
+def _check_gap(xp: Any, s: Any, r: int, tol: float, errors: str, what: str) -> None:
     """Relative gap ``(sigma_r - sigma_{r+1}) / sigma_1`` must exceed ``tol`` (only for ``r < k``)."""
     if r >= s.shape[-1]:
         return
@@ -194,10 +201,17 @@ def _check_gap(xp: Any, s: Any, r: int, tol: float, on_degenerate: str, what: st
     msg = (f"{what}: the singular values sigma_{r} and sigma_{r + 1} are (nearly) tied, relative gap "
            f"(sigma_r - sigma_(r+1)) / sigma_1 = {worst:.3e} <= gap_rtol = {tol:.3e}; the rank-{r} "
            "truncation is not unique (or r exceeds the numerical rank) and its derivative is undefined. "
-           "Choose another rank, or pass on_degenerate='warn' to compute it anyway")
-    if on_degenerate == "raise":
-        raise ValueError(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+           "Choose another rank, or pass errors='warn' (or 'ignore') to compute it anyway")
+    report(errors, msg)
+
+
+def _svd_checked(xp: Any, a: Any, r: int, tol: float, errors: str, what: str) -> tuple[Any, Any, Any]:
+    """The thin SVD ``(U, sigma, V)`` of ``a`` and the singular-gap check of a rank-``r`` truncation
+    (the one data-dependent check inside the implementation; ``errors="ignore"`` skips it)."""
+    u, s, v = _svd(xp, a)
+    if errors != "ignore":
+        _check_gap(xp, s, r, tol, errors, what)
+    return u, s, v
 
 
 def _trunc_vjp(xp: Any, t: _TSVD, gv1: Any, gtu1: Any) -> tuple[Any, Any]:
@@ -232,20 +246,20 @@ class TruncResiduals(NamedTuple):
     dtype: Any
 
 
-def truncate_forward(a: Any, /, *, rank: int, gap_rtol: float | None = None,
-                     on_degenerate: str = "raise") -> tuple[Any, TruncResiduals]:
+def truncate_forward(a: Any, /, *, rank: int, gap_rtol: float | None = None, errors: str = "raise",
+                     on_degenerate: str | None = None) -> tuple[Any, TruncResiduals]:
     """Forward pass of :func:`truncate`; returns ``(A_r, residuals)``."""
     xp = namespace(a)
     check_float_array("a", a, xp, ndim_min=2)
-    _check_finite_array("a", a, xp)
-    _check_degenerate_option(on_degenerate)
+    errors = _errors(errors, on_degenerate)
     p, c = a.shape[-2], a.shape[-1]
     r = _check_rank(rank, min(p, c), f"a of shape {tuple(a.shape)}")
     dtype = a.dtype
     work = compute_dtype(xp, dtype)
+    tol = _gap_rtol(xp, work, gap_rtol)
+    _check_finite_array("a", a, xp)  # the data-dependent step: the SVD needs finite entries
     aw = xp.astype(a, work) if work != dtype else a
-    u, s, v = _svd(xp, aw)
-    _check_gap(xp, s, r, _gap_rtol(xp, work, gap_rtol), on_degenerate, "truncate")
+    u, s, v = _svd_checked(xp, aw, r, tol, errors, "truncate")
     t = _TSVD(u, s, v, r)
     out = (u[..., :r] * s[..., None, :r]) @ _mT(xp, v[..., :r])
     return (xp.astype(out, dtype) if work != dtype else out), TruncResiduals(t, tuple(a.shape), dtype)
@@ -267,7 +281,8 @@ def truncate_backward(res: TruncResiduals, dout: Any, /) -> TruncGrads:
 
 
 @declare(Function(truncate_forward, truncate_backward))
-def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, on_degenerate: str = "raise") -> Any:
+def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, errors: str = "raise",
+             on_degenerate: str | None = None) -> Any:
     r"""Rank-``r`` Eckart-Young truncation ``A_r = U_r Sigma_r V_r^T`` of ``a (..., p, c)``.
 
     ``A_r`` minimises ``||A - X||`` over ``rank(X) <= r`` in the spectral and the Frobenius norm
@@ -281,17 +296,19 @@ def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, on_degenera
     rank : int, ``1 <= rank <= min(p, c)``.
     gap_rtol : float, optional
         Smallest accepted relative gap ``(sigma_r - sigma_{r+1}) / sigma_1`` (default ``sqrt(eps)``).
-    on_degenerate : {"raise", "warn"}
-        What a gap below ``gap_rtol`` does: ``ValueError`` or ``RuntimeWarning``.
+    errors : {"raise", "warn", "ignore"}
+        What a gap below ``gap_rtol`` does: ``ValueError``, ``RuntimeWarning``, or nothing.
+    on_degenerate : {"raise", "warn"}, optional
+        Deprecated spelling of ``errors`` (``DeprecationWarning``); give one of the two.
 
     Raises
     ------
     TypeError
-        A non-floating array, a non-integer rank.
+        A non-floating array, a non-integer rank, both ``errors`` and ``on_degenerate``.
     ValueError
         ``rank <= 0`` or ``rank > min(p, c)``, NaN/inf entries, a degenerate gap (``"raise"``).
     """
-    return truncate_forward(a, rank=rank, gap_rtol=gap_rtol, on_degenerate=on_degenerate)[0]
+    return truncate_forward(a, rank=rank, gap_rtol=gap_rtol, errors=errors, on_degenerate=on_degenerate)[0]
 
 
 def truncate_cost(p: int, c: int, *, rank: int, batch: tuple[int, ...] = ()) -> Cost:
@@ -377,10 +394,8 @@ def structural_rank(n: int, m: int, d: int, *, reading: str = "logits", basis: s
     raise ValueError(msg)
 
 
-def _validate_options(reading: str, basis: str, rank: Any) -> None:
-    if reading not in READINGS:
-        msg = f"reading must be one of {READINGS}, got {reading!r}"
-        raise ValueError(msg)
+def _check_reading(reading: Any, basis: Any, rank: Any) -> None:
+    check_choice("reading", reading, READINGS)
     if basis not in BASES:
         msg = f"basis must be one of {BASES} (the matrix whose right singular subspace is used), got {basis!r}"
         raise ValueError(msg)
@@ -392,39 +407,87 @@ def _validate_options(reading: str, basis: str, rank: Any) -> None:
         raise TypeError(msg)
 
 
-def _logits_forward(xp: Any, q: Any, k: Any, v: Any, r: int, scale: float, tol: float, on_degenerate: str,
-                    skw: dict[str, Any]) -> tuple[Any, Any, Any]:
+@dataclass(frozen=True)
+class Options:
+    """The resolved options of one :func:`heat_attention` call."""
+
+    reading: str
+    basis: str
+    rank: int | None  # None for "hadamard"
+    scale: float
+    gap_rtol: float  # resolved (sqrt(eps) of the working dtype by default); unused for "hadamard"
+    errors: str
+    check_finite: bool
+    block: int  # the query block of the "hadamard" reading
+    softmax: Any  # softmax.Options of the inner softmax (None for "hadamard")
+
+
+def _options(xp: Any, batch: tuple[int, ...], n: int, m: int, d: int, dv: int, work: Any, *, rank: Any,
+             reading: Any, basis: Any, scale: Any, impl: Any, block_q: Any, block_k: Any, gap_rtol: Any,
+             errors: Any, on_degenerate: Any, check_finite: Any) -> Options:
+    """Validate and resolve every option of :func:`forward` (shapes enter through the rank bound)."""
+    _check_reading(reading, basis, rank)
+    errors = _errors(errors, on_degenerate)
+    check_flag("check_finite", check_finite)
+    s = resolve_scale(scale, d)
+    if reading == "hadamard":
+        check_choice("impl", impl, _softmax.IMPLS)
+        if dv != d:
+            msg = (f"reading='hadamard' weights channel c of v by the channel-c logits q_ic k_jc, so v "
+                   f"must have d = {d} channels, got v of shape {(*batch, m, dv)}")
+            raise ValueError(msg)
+        block = check_int("block_q", block_q, minimum=1, allow_none=True) or DEFAULT_BLOCK_Q_HADAMARD
+        return Options(reading, basis, None, s, 0.0, errors, check_finite, block, None)
+    kmax = structural_rank(n, m, d, reading=reading, basis=basis)
+    what = ("the logits s Q K^T (min(n, m, d))" if reading == "logits" else
+            "K (min(m, d))" if basis == "k" else "[Q; K] (min(n + m, d))")
+    r = _check_rank(rank, kmax, what)
+    tol = _gap_rtol(xp, work, gap_rtol)
+    inner = _softmax.options(xp, batch, n, m, 2 * r if reading == "logits" else d, work,
+                             scale=1.0 if reading == "logits" else s, impl=impl, block_q=block_q, block_k=block_k)
+    return Options(reading, basis, r, s, tol, errors, check_finite, DEFAULT_BLOCK_Q_HADAMARD, inner)
+
+
+def _check_data(xp: Any, q: Any, k: Any, v: Any, opts: Options) -> None:
+    """The data-dependent step before the implementation: the truncating readings decompose ``q``
+    and ``k``, which must be finite whatever ``check_finite``; ``check_finite`` adds ``v`` (and
+    ``q, k`` for ``"hadamard"``)."""
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if opts.check_finite or (opts.reading != "hadamard" and name != "v"):
+            _check_finite_array(name, a, xp)
+
+
+def _logits_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, opts: Options) -> tuple[Any, Any, Any]:
+    r = opts.rank
     qq, rq = xp.linalg.qr(q)
     qk, rk = xp.linalg.qr(k)
-    core = (rq @ _mT(xp, rk)) * scale                           # S = Qq core Qk^T
-    uc, s, vc = _svd(xp, core)
+    core = (rq @ _mT(xp, rk)) * opts.scale                      # S = Qq core Qk^T
+    uc, s, vc = _svd_checked(xp, core, r, opts.gap_rtol, opts.errors, "heat_attention(reading='logits')")
     u, vv = qq @ uc, qk @ vc
-    _check_gap(xp, s, r, tol, on_degenerate, "heat_attention(reading='logits')")
     t = _TSVD(u, s, vv, r)
     ur, vr = u[..., :r], vv[..., :r]
     a = xp.concat([ur * s[..., None, :r], ur], axis=-1)        # a b^T = U_r Sigma_r V_r^T exactly
     b = xp.concat([vr, xp.zeros_like(vr)], axis=-1)
-    out, inner = _softmax.forward(a, b, v, scale=1.0, **skw)
+    out, inner = _softmax._forward(xp, a, b, v, spec, opts.softmax)
     return out, t, inner
 
 
-def _features_forward(xp: Any, q: Any, k: Any, v: Any, r: int, scale: float, basis: str, tol: float,
-                      on_degenerate: str, skw: dict[str, Any]) -> tuple[Any, Any, Any]:
-    n = q.shape[-2]
+def _features_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, opts: Options) -> tuple[Any, Any, Any]:
+    n, r, basis = q.shape[-2], opts.rank, opts.basis
     if basis == "k":
         x = k
     else:
         batch = broadcast_shapes(q.shape[:-2], k.shape[:-2])
         x = xp.concat([xp.broadcast_to(q, (*batch, *q.shape[-2:])),
                        xp.broadcast_to(k, (*batch, *k.shape[-2:]))], axis=-2)
-    u, s, vv = _svd(xp, x)
-    _check_gap(xp, s, r, tol, on_degenerate, f"heat_attention(reading='features', basis={basis!r})")
+    u, s, vv = _svd_checked(xp, x, r, opts.gap_rtol, opts.errors,
+                            f"heat_attention(reading='features', basis={basis!r})")
     t = _TSVD(u, s, vv, r)
     xr = (u[..., :r] * s[..., None, :r]) @ _mT(xp, vv[..., :r])
     if basis == "k":
-        out, inner = _softmax.forward(q, xr, v, scale=scale, **skw)
+        out, inner = _softmax._forward(xp, q, xr, v, spec, opts.softmax)
     else:
-        out, inner = _softmax.forward(xr[..., :n, :], xr[..., n:, :], v, scale=scale, **skw)
+        out, inner = _softmax._forward(xp, xr[..., :n, :], xr[..., n:, :], v, spec, opts.softmax)
     return out, t, inner
 
 
@@ -489,52 +552,40 @@ def _hadamard_backward(xp: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, spec
     return dq, dk, dv
 
 
+def _forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, opts: Options,
+             dtype: Any = None) -> tuple[Any, Residuals]:
+    """The implementation: valid working-precision ``q, k, v``, their ``MaskSpec`` and resolved
+    :class:`Options`; returns ``(out, Residuals)``, ``out`` in the working precision. ``dtype`` is
+    the dtype :func:`backward` returns gradients in (default ``q.dtype``)."""
+    shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))
+    dtype = q.dtype if dtype is None else dtype
+    if opts.reading == "hadamard":
+        batch = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        out, lse = _hadamard_forward(xp, q, k, v, spec, opts.scale, batch, opts.block)
+        return out, Residuals(opts.reading, opts.basis, None, (out, lse, spec, opts.block, batch), q, k, v,
+                              opts.scale, dtype, shapes)
+    run = _logits_forward if opts.reading == "logits" else _features_forward
+    out, t, inner = run(xp, q, k, v, spec, opts)
+    return out, Residuals(opts.reading, opts.basis, t, inner, q, k, v, opts.scale, dtype, shapes)
+
+
 def forward(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str = "logits", basis: str = "k",
             mask: Any = None, causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
             impl: str = "auto", block_q: int | None = None, block_k: int | None = None,
-            gap_rtol: float | None = None, on_degenerate: str = "raise",
-            check_finite: bool = False) -> tuple[Any, Residuals]:
+            gap_rtol: float | None = None, errors: str = "raise", on_degenerate: str | None = None,
+            check_finite: bool = True) -> tuple[Any, Residuals]:
     """HEAT forward pass; returns ``(out, Residuals)``. See :func:`heat_attention`."""
-    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_finite,
-                             extra={"mask": mask, "key_lengths": key_lengths})
-    _validate_options(reading, basis, rank)
-    _check_degenerate_option(on_degenerate)
+    xp, batch = validate_qkv(q, k, v, extra={"mask": mask, "key_lengths": key_lengths})
     n, d, m, dvd = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
-    scale = resolve_scale(scale, d)
     dtype = q.dtype
+    work = compute_dtype(xp, dtype)
+    opts = _options(xp, batch, n, m, d, dvd, work, rank=rank, reading=reading, basis=basis, scale=scale,
+                    impl=impl, block_q=block_q, block_k=block_k, gap_rtol=gap_rtol, errors=errors,
+                    on_degenerate=on_degenerate, check_finite=check_finite)
+    _check_data(xp, q, k, v, opts)
     work, (q, k, v) = to_working(xp, q, k, v)
-    shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))
-    skw = {"mask": mask, "causal": causal, "key_lengths": key_lengths, "impl": impl,
-           "block_q": block_q, "block_k": block_k}
-    if impl not in _softmax.IMPLS:
-        msg = f"impl must be one of {_softmax.IMPLS}, got {impl!r}"
-        raise ValueError(msg)
-    if reading == "hadamard":
-        if dvd != d:
-            msg = (f"reading='hadamard' weights channel c of v by the channel-c logits q_ic k_jc, so v "
-                   f"must have d = {d} channels, got v of shape {tuple(v.shape)}")
-            raise ValueError(msg)
-        if block_q is not None and (isinstance(block_q, bool) or not isinstance(block_q, int) or block_q <= 0):
-            msg = f"block_q must be a positive integer, got {block_q!r}"
-            raise ValueError(msg)
-        spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch,
-                         dtype=work)
-        block = block_q or DEFAULT_BLOCK_Q_HADAMARD
-        out, lse = _hadamard_forward(xp, q, k, v, spec, scale, batch, block)
-        res = Residuals(reading, basis, None, (out, lse, spec, block, batch), q, k, v, scale, dtype, shapes)
-    else:
-        for name, a in (("q", q), ("k", k)):
-            _check_finite_array(name, a, xp)
-        kmax = structural_rank(n, m, d, reading=reading, basis=basis)
-        what = ("the logits s Q K^T (min(n, m, d))" if reading == "logits" else
-                "K (min(m, d))" if basis == "k" else "[Q; K] (min(n + m, d))")
-        r = _check_rank(rank, kmax, what)
-        tol = _gap_rtol(xp, work, gap_rtol)
-        if reading == "logits":
-            out, t, inner = _logits_forward(xp, q, k, v, r, scale, tol, on_degenerate, skw)
-        else:
-            out, t, inner = _features_forward(xp, q, k, v, r, scale, basis, tol, on_degenerate, skw)
-        res = Residuals(reading, basis, t, inner, q, k, v, scale, dtype, shapes)
+    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch, dtype=work)
+    out, res = _forward(xp, q, k, v, spec, opts, dtype)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 
@@ -596,8 +647,8 @@ def _oracle_shape(shape: Any, kind: str) -> Any:
 def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str = "logits",
                    basis: str = "k", mask: Any = None, causal: bool | str = False, scale: float | None = None,
                    key_lengths: Any = None, impl: str = "auto", block_q: int | None = None,
-                   block_k: int | None = None, gap_rtol: float | None = None, on_degenerate: str = "raise",
-                   check_finite: bool = False) -> Any:
+                   block_k: int | None = None, gap_rtol: float | None = None, errors: str = "raise",
+                   on_degenerate: str | None = None, check_finite: bool = True) -> Any:
     r"""HEAT attention under a stated reading (see the module docstring for the three readings).
 
     Parameters
@@ -617,11 +668,17 @@ def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, readin
         the query block of the ``"hadamard"`` reading (default 64: it holds ``(block, m, d)``).
     scale : float, optional
         ``s``; ``1/sqrt(d)`` by default (every reading).
-    gap_rtol, on_degenerate
+    gap_rtol : float, optional
         The singular-gap check (module notes): smallest accepted ``(sigma_r - sigma_{r+1}) /
-        sigma_1``, default ``sqrt(eps)``; ``"raise"`` (``ValueError``) or ``"warn"``.
+        sigma_1``, default ``sqrt(eps)``.
+    errors : {"raise", "warn", "ignore"}
+        What a gap below ``gap_rtol`` does: ``ValueError`` (default), ``RuntimeWarning``, nothing.
+    on_degenerate : {"raise", "warn"}, optional
+        Deprecated spelling of ``errors`` (``DeprecationWarning``); give one of the two.
     check_finite : bool
-        Also reject NaN/inf in ``v``.
+        ``True`` (default): reject NaN/inf in q, k, v with a ``ValueError`` naming the argument.
+        ``False``: skip the pass over ``v`` (and over ``q, k`` for ``"hadamard"``; the truncating
+        readings always check ``q`` and ``k``, which they decompose); non-finite values propagate.
 
     Returns
     -------
@@ -633,8 +690,9 @@ def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, readin
         Non-floating or mixed dtypes, a non-integer or missing rank.
     ValueError
         ``rank <= 0`` or above the structural rank, a rank with ``"hadamard"``, an unknown reading or
-        basis, NaN/inf in ``q`` or ``k``, ``dv != d`` for ``"hadamard"``, a degenerate singular gap,
-        and every mask / shape error of :func:`refattn.softmax_attention`.
+        basis, NaN/inf in ``q`` or ``k`` (and ``v`` with ``check_finite``), ``dv != d`` for
+        ``"hadamard"``, a degenerate singular gap (``errors="raise"``), and every mask / shape error
+        of :func:`refattn.softmax_attention`.
 
     Examples
     --------
@@ -642,7 +700,7 @@ def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, readin
     """
     return forward(q, k, v, rank=rank, reading=reading, basis=basis, mask=mask, causal=causal, scale=scale,
                    key_lengths=key_lengths, impl=impl, block_q=block_q, block_k=block_k, gap_rtol=gap_rtol,
-                   on_degenerate=on_degenerate, check_finite=check_finite)[0]
+                   errors=errors, on_degenerate=on_degenerate, check_finite=check_finite)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -650,7 +708,7 @@ def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, readin
 # ----------------------------------------------------------------------------------------------
 
 def _softmax_dense_flops(n: int, m: int, d: int, dv: int, additive: bool) -> tuple[int, int]:
-    """Flops and transcendentals of :func:`refattn.methods.softmax.forward` with ``impl="dense"``,
+    """Flops and transcendentals of softmax's implementation with ``impl="dense"``,
     one batch element, counted op by op (``_logits``, max, shift, exp, sum, ``P V``, ``_finish``)."""
     if m == 0:
         return 0, 0
@@ -686,7 +744,7 @@ def cost(n: int, m: int, d: int, dv: int, *, rank: int | None = None, reading: s
     thin SVD of ``(p, d)``. Their flops are included in ``flops`` and also reported under
     ``per_op["linalg.qr"]`` and ``per_op["linalg.svd"]``. Bytes and peak memory are not modelled (0).
     """
-    _validate_options(reading, basis, rank)
+    _check_reading(reading, basis, rank)
     nb = math.prod(batch)
     qr = svd = 0
     if reading == "hadamard":
