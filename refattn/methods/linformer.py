@@ -266,11 +266,16 @@ def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, E: Any, F: Any, keep: A
 def _softmax_dense(q: Any, kp: Any, vp: Any, scale: float) -> tuple[Any, Any]:
     """Dense softmax attention on the projected keys and values, ``(out, softmax residuals)``.
 
-    The one call into the softmax module (its backward is :func:`_softmax.backward` in
-    :func:`backward`). TODO(issue 18, at merge): call softmax's implementation entry point instead of
-    the public ``forward``, which re-validates ``q, E K, F V`` (finiteness off here: checked above).
+    The one call into the softmax module, through its implementation (nothing is validated again;
+    its backward is :func:`_softmax.backward` in :func:`backward`). Key padding is already folded
+    into ``E K`` and ``F V``, so the inner call has no mask.
     """
-    return _softmax.forward(q, kp, vp, scale=scale, impl="dense", check_finite=False)
+    xp = namespace(q, kp, vp)
+    batch = broadcast_shapes(q.shape[:-2], kp.shape[:-2], vp.shape[:-2])
+    spec = make_mask(xp, mask=None, causal=False, key_lengths=None, n=q.shape[-2], m=kp.shape[-2], batch=batch,
+                     dtype=q.dtype)
+    opts = _softmax.Options(scale, "dense", _softmax.DEFAULT_BLOCK_Q, _softmax.DEFAULT_BLOCK_K, False)
+    return _softmax._forward(xp, q, kp, vp, spec, opts)
 
 
 def backward(res: Residuals, dout: Any, /) -> Grads:
