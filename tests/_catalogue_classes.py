@@ -257,7 +257,9 @@ def key_lengths_dtype(spec: Spec) -> Case | None:
     return Case(args, {**kw, "key_lengths": np.full((2, 1), 2.0)}, "key_lengths")
 
 
-def _nonfinite(value: float, *, param: bool = False, checked: bool = False) -> Callable[[Spec], Case | None]:
+def _nonfinite(value: float, *, param: bool = False, checked: bool | None = None) -> Callable[[Spec], Case | None]:
+    """NaN/inf in the first input (or parameter); ``checked`` passes ``check_finite`` explicitly
+    (``None``: the function's default), rows with an explicit flag only for functions that have it."""
     def cls(spec: Spec) -> Case | None:
         args, kw = spec.build()
         if param:
@@ -266,11 +268,11 @@ def _nonfinite(value: float, *, param: bool = False, checked: bool = False) -> C
             i = spec.params[0]
         else:
             i = 0
-        if checked and not spec.has_check_finite:
+        if checked is not None and not spec.has_check_finite:
             return None
         a = args[i].copy()
         a.reshape(-1)[1] = value
-        kw = {**kw, "check_finite": True} if checked else kw
+        kw = {**kw, "check_finite": checked} if checked is not None else kw
         return Case(_with(args, i, a), kw, spec.names[i])
     return cls
 
@@ -371,6 +373,10 @@ CLASSES: dict[str, Callable[[Spec], Case | None]] = {
     "nan_input_checked": _nonfinite(np.nan, checked=True),
     "nan_param": _nonfinite(np.nan, param=True),
     "inf_param": _nonfinite(np.inf, param=True),
+    "nan_input_unchecked": _nonfinite(np.nan, checked=False),
+    "inf_input_unchecked": _nonfinite(np.inf, checked=False),
+    "nan_param_unchecked": _nonfinite(np.nan, param=True, checked=False),
+    "inf_param_unchecked": _nonfinite(np.inf, param=True, checked=False),
     "empty_n": _empty("n"),
     "empty_m": _empty("m"),
     "noncontiguous": noncontiguous,

@@ -94,6 +94,10 @@ _DEFAULTS: dict[str, Any] = {
     "nan_input_checked": Raises(ValueError),
     "nan_param": Result("propagates", DOC_XP),
     "inf_param": Result("propagates", DOC_XP),
+    "nan_input_unchecked": Result("propagates", DOC_XP),
+    "inf_input_unchecked": Result("propagates", DOC_XP),
+    "nan_param_unchecked": Result("propagates", DOC_XP),
+    "inf_param_unchecked": Result("propagates", DOC_XP),
     "empty_n": Result("empty_n", DOC_XP),
     "empty_m": Result("empty_m", "softmax module docstring (rows that see no key are zero); " + DOC_XP),
     "noncontiguous": Result("views", DOC_XP),
@@ -110,10 +114,20 @@ _OVERRIDES: dict[tuple[str, str], Any] = {
                                         "heat_attention", "truncate", "orthogonality_penalty", "exact_pinv")
        for c in ("nan_input", "inf_input", "nan_param", "inf_param")},
     **{(f, c): _CHECKS_FINITE for f in ("kernel_attention", "feature_map") for c in ("nan_param", "inf_param")},
-    ("nystrom_attention", "nan_input"): _PINV_DIVERGES,
-    ("nystrom_attention", "inf_input"): _PINV_DIVERGES,
-    ("nystrom_attention[landmarks]", "nan_param"): _PINV_DIVERGES,
-    ("nystrom_attention[landmarks]", "inf_param"): _PINV_DIVERGES,
+    # check_finite=False: what the computation does with the values, each a documented error
+    **{(f, c): Raises(ValueError, "normaliser")
+       for f in ("random_feature_attention", "random_feature_attention[causal,hyperbolic]")
+       for c in ("nan_input_unchecked", "inf_input_unchecked", "nan_param_unchecked", "inf_param_unchecked")},
+    ("positive_features", "inf_param_unchecked"): Raises(ValueError, "stabilize"),  # exp overflow, names the fix
+    ("hyperbolic_features", "inf_param_unchecked"): Raises(ValueError, "stabilize"),
+    ("heat_attention", "nan_input_unchecked"): _CHECKS_FINITE,  # the truncating readings decompose q and k
+    ("heat_attention", "inf_input_unchecked"): _CHECKS_FINITE,
+    ("kernel_attention", "nan_param_unchecked"): _CHECKS_FINITE,  # weights are always checked (docstring)
+    ("kernel_attention", "inf_param_unchecked"): _CHECKS_FINITE,
+    ("nystrom_attention", "nan_input_unchecked"): _PINV_DIVERGES,
+    ("nystrom_attention", "inf_input_unchecked"): _PINV_DIVERGES,
+    ("nystrom_attention[landmarks]", "nan_param_unchecked"): _PINV_DIVERGES,
+    ("nystrom_attention[landmarks]", "inf_param_unchecked"): _PINV_DIVERGES,
     ("iterative_pinv", "nan_input"): _PINV_DIVERGES,
     ("iterative_pinv", "inf_input"): _PINV_DIVERGES,
     ("iterative_pinv", "size_zero[iterations]"): Result("valid", "iterative_pinv docstring: iterations >= 0 (0 gives Z_0)"),
@@ -136,10 +150,17 @@ _OVERRIDES: dict[tuple[str, str], Any] = {
 }
 
 
+#: NaN/inf rows of a default call: every function with a ``check_finite`` option checks by default
+#: (``check_finite=True``, one default for all, SciPy's convention); the ``*_unchecked`` rows pass
+#: ``check_finite=False`` and see what the computation itself does with the values
+_DEFAULT_CHECKED = ("nan_input", "inf_input", "nan_param", "inf_param")
+
+
 def _expectation(spec: Spec, cname: str) -> Any:
     """``cname`` may carry an option suffix (``size_zero[chunk]``): overrides may name either."""
     base = cname.split("[")[0]
-    return _OVERRIDES.get((spec.name, cname), _OVERRIDES.get((spec.name, base), _DEFAULTS[base]))
+    default = _CHECKS_FINITE if spec.has_check_finite and base in _DEFAULT_CHECKED else _DEFAULTS[base]
+    return _OVERRIDES.get((spec.name, cname), _OVERRIDES.get((spec.name, base), default))
 
 
 # ------------------------------------------------------------------------------------ helpers
