@@ -783,6 +783,7 @@ def check_verma_k(ctx: Context) -> tuple:
     k512 = 5 * math.log(512) * (0.25 - 0.125)
     k_d = 9 * math.log(512) * c_max
     d_star = {dd: 9 * math.log(dd) * c_max for dd in (16, 64, 512)}
+    d_term = min(2 * dd * math.exp(-c_max * kd / 4) for dd, kd in d_star.items())
     vacuous = n_star > 2**31
     evidence = (f"Per column y of V the printed k = 5 ln(n)(eps^2 - eps^3) gives the failure probability 2 e^(-(eps^2-"
                 f"eps^3)k/4) = 2 n^(-5(eps^2-eps^3)^2/4) >= 2 n^(-{expo:.4f}) (best eps = 2/3): < 1 only from n = "
@@ -790,7 +791,8 @@ def check_verma_k(ctx: Context) -> tuple:
                 f"2 d n^(-{expo:.4f}), which does tend to 0 but is >= 1 for every n < {n_star:.1e}. The rank "
                 f"step's k = 9 ln(d)(eps^2 - eps^3) <= 9 ln(d) 4/27 is "
                 f"{', '.join(f'{v:.1f} at d={dd}' for dd, v in d_star.items())}"
-                f" (k_d = {k_d:.1f} at d = 512): below 4, no reduction bound at all. E.g. n = 512, eps = 0.5: "
+                f", so its bound 2 d e^(-(eps^2-eps^3)k/4) stays >= {d_term:.1f} for d in {{16, 64, 512}} (vacuous "
+                f"as well; k_d = {k_d:.1f} at d = 512). E.g. n = 512, eps = 0.5: "
                 f"k = {k512:.2f}. Vacuous for any sequence length (threshold 2^31); a typo for the quotient "
                 "(verma-k-quotient; sec. 3.1 prints the quotient).")
     return ("fails" if vacuous else "holds"), evidence, \
