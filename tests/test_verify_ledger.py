@@ -80,7 +80,7 @@ def test_real_report_validates_against_the_schema():
 
 #: The plots the issue lists: claim id -> what the figure must show
 PLOTS = {
-    "lin-thm1": "error vs k for Linformer with the JL bound",
+    "lin-thm1-proof-additive": "error vs k for Linformer (the proof's construction) with the JL bound",
     "favor-orf": "error vs D, iid vs orthogonal",
     "nys-exact": "Nystrom error vs m",
     "nys-pinv": "pseudoinverse residual per iteration",
@@ -94,7 +94,7 @@ def test_the_issue_figures_are_there():
     verdicts, _ = quick_ledger()
     figs = {cid: verdicts[cid].plot for cid in PLOTS}
     assert all(f is not None for f in figs.values()), [c for c, f in figs.items() if f is None]
-    assert any("JL" in name or "Theorem 1" in name for name in figs["lin-thm1"].lines)
+    assert any("JL" in name or "Theorem 1" in name for name in figs["lin-thm1-proof-additive"].lines)
     assert {"positive, iid W", "positive, orthogonal W"} <= set(figs["favor-orf"].series)
     assert figs["nys-exact"].xlabel.startswith("m")
     assert any(name.startswith("residual") for name in figs["nys-pinv"].series)
@@ -130,3 +130,47 @@ def test_readme_main_job_is_refattn_verify_and_ci_installs_what_it_needs():
     assert ci.strip().splitlines()[-1] == tests
     assert '-e ".[test,plots]"' in ci
     assert "docs/verify_counts.png" in readme and (ROOT / "docs" / "verify_counts.png").is_file()
+
+
+def test_every_row_states_its_evidence_kind_condition_and_a_numeric_key_figure():
+    """Measured rows carry P(wrong) in [0, 1); derived ones none; a conditional verdict states its
+    condition; every key figure has a number; every row lists its papers (its own first)."""
+    verdicts, _ = quick_ledger()
+    for cid, v in verdicts.items():
+        assert v.kind in ("measured", "derived") if v.status != "not-checkable" else v.kind == "none", cid
+        if v.kind == "measured":
+            assert v.p_wrong is not None and 0 <= v.p_wrong < 1, cid
+        else:
+            assert v.p_wrong is None, cid
+        assert bool(v.condition) == (v.status == "holds-conditionally"), cid
+        assert any(ch.isdigit() for ch in v.figure), (cid, v.figure)
+        assert v.papers and v.papers[0] == v.paper and v.claim, cid
+
+
+def test_rows_of_one_claim_name_their_readings():
+    verdicts, _ = quick_ledger()
+    by_claim: dict[str, list] = {}
+    for v in verdicts.values():
+        by_claim.setdefault(v.claim, []).append(v)
+    split = {c: vs for c, vs in by_claim.items() if len(vs) > 1}
+    assert {"lin-thm1", "lin-thm2", "heat-eq8", "verma-k", "lin-jl-ip", "verma-cost"} <= set(split)
+    for c, vs in split.items():
+        assert c in {v.claim_id for v in vs}, c  # the claim's own row is one of them
+        readings = [v.reading for v in vs]
+        assert all(readings) and len(set(readings)) == len(readings), (c, readings)
+
+
+def test_counts_by_paper_count_a_row_under_every_paper_that_makes_it():
+    doc = _doc()
+    v = next(v for v in doc["verdicts"] if v["claim_id"] == "lin-thm1")
+    assert set(v["papers"]) == {"001", "003"}
+    for p in v["papers"]:
+        assert doc["counts_by_paper"][p][v["status"]] >= 1
+    assert sum(sum(c.values()) for c in doc["counts_by_paper"].values()) == sum(
+        len(v["papers"]) for v in doc["verdicts"])
+    assert doc["claims"] == len({v["claim"] for v in doc["verdicts"]}) < len(doc["verdicts"])
+    assert doc["papers"]["003"].startswith("Verma, Revisiting Linformer")
+    table = rep.format_table([verification.Verdict(**{**{k: v[k] for k in (
+        "claim_id", "source", "statement", "status", "evidence", "figure")}, "paper": v["paper"],
+        "papers": tuple(v["papers"])})])
+    assert "Revisiting Linformer with a modified self-attention with linear complexity" in table

@@ -27,7 +27,7 @@ EXPECTED = {
     "nys-order": "holds",
     "nys-eq16": "fails",
     "nys-6iter": "holds-conditionally",
-    "nys-on": "holds",
+    "nys-on": "holds-conditionally",  # O(n) at fixed m and d (the count grows as n m (d + dv))
     "surv-nys-blocks": "fails",
     "surv-nys-fig2": "holds-conditionally",
 }

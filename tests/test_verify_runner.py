@@ -201,7 +201,7 @@ def test_report_validates_against_its_schema(fake_claims):
     (lambda d: d.update(seconds=-1.0), "minimum"),
     (lambda d: d.update(seconds=math.nan), "non-finite"),
     (lambda d: d["counts"].update(holds=1.5), "expected integer"),
-    (lambda d: d.update(schema="other/1"), "expected 'refattn-verify-report/1'"),
+    (lambda d: d.update(schema="other/1"), "expected 'refattn-verify-report/2'"),
     (lambda d: d["verdicts"][0].update(plot={"title": "t"}), "oneOf"),
 ])
 def test_validator_rejects_bad_documents(fake_claims, mutate, match):
@@ -215,7 +215,7 @@ def test_table_markdown_and_plots(fake_claims, tmp_path):
     verdicts = verification.run(paper=TEST_PAPER)
     table = rep.format_table(verdicts)
     lines = table.splitlines()
-    assert lines[0].split() == ["claim", "source", "status", "key", "figure"]
+    assert lines[0].split() == ["claim", "papers", "status", "evidence", "key", "figure", "[condition]"]
     assert any(ln.startswith("t-fails") and "fails" in ln and "2 != 3" in ln for ln in lines)
     doc = rep.build(verdicts, quick=True, backend=backends.get("numpy"), seconds=0.1)
     files, summary = {}, None
@@ -229,7 +229,7 @@ def test_table_markdown_and_plots(fake_claims, tmp_path):
         assert (tmp_path / summary).stat().st_size > 0
     rep.write_markdown(doc, tmp_path / "report.md", summary_plot=summary)
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
-    assert "| [t-fails](#t-fails) | test, eq. (2) | **fails** | 2 != 3 |" in md
+    assert "| [t-fails](#t-fails) | - | test-paper | test, eq. (2) | **fails** | derived | - | 2 != 3 |" in md
     assert "counterexample: 1 + 1 = 2 | piped" in md  # evidence text is kept verbatim in the body
 
 

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import refattn
 
 from . import _verdict
-from ._verdict import REGISTRY, STATUSES, ClaimInfo, Context, Figure, Verdict, claim
+from ._verdict import KINDS, REGISTRY, STATUSES, ClaimInfo, Context, Figure, Meta, Verdict, budget, claim
 
 
 def _other_name(name: str) -> str:
@@ -74,7 +74,8 @@ _alias(sys.modules[__name__])
 _alias(_verdict)
 
 __all__ = ["MODULES", "CATALOGUE", "PAPERS", "PAPER_ALIASES", "Entry", "Verdict", "Figure", "Context",
-           "claim", "REGISTRY", "STATUSES", "load", "run", "resolve_paper", "claim_ids", "entries",
+           "claim", "REGISTRY", "STATUSES", "KINDS", "Meta", "budget", "load", "run", "resolve_paper",
+           "claim_ids", "entries",
            "module_status"]
 
 #: The claim modules, in the order the ledger lists them (tests/test_verify_ledger.py checks that every
@@ -84,11 +85,13 @@ MODULES: tuple[str, ...] = ("heat", "linformer", "random_features", "nystrom", "
 
 #: Paper keys and what they are; ``--paper`` accepts the key or one of its aliases.
 PAPERS: dict[str, str] = {
-    "000": "Catapang, Hadamard Estimated Attention Transformer (HEAT)",
-    "001": "Brazhnyi, Korniienko, Ruda, Optimization of the Transformer's attention (survey)",
+    "000": "Catapang, Hadamard Estimated Attention Transformer (HEAT): Fast approximation of dot product "
+           "self-attention for transformers using low-rank projection of Hadamard product",
+    "001": "Brazhnyi, Korniienko, Ruda, Optimization of the Transformer's attention",
     "002": "Yorsh & Kovalenko, Linear Self-Attention Approximation via Trainable Feedforward Kernel",
     "003": "Verma, Revisiting Linformer with a modified self-attention with linear complexity",
-    "004": "Aggarwal & Kumar, Rethinking Attention Output Projection: Structured Hadamard Transforms",
+    "004": "Aggarwal & Kumar, Rethinking Attention Output Projection: Structured Hadamard Transforms for "
+           "Efficient Transformers",
     "classical": "results the seeds rest on (JL / Arriaga-Vempala, Rahimi-Recht, Performer, "
                  "Nystromformer / Razavi, Eckart-Young, Walsh-Hadamard)",
 }
@@ -110,6 +113,11 @@ class Entry(NamedTuple):
     source: str
     statement: str
     module: str
+    papers: tuple[str, ...] = ()  # every paper that makes the claim (default: (paper,))
+    claim: str = ""  # the claim the row belongs to (default: claim_id)
+
+    def all_papers(self) -> tuple[str, ...]:
+        return self.papers or (self.paper,)
 
 
 #: Every claim id of CLAIMS.md (and the survey's further claims), so that a claim whose module has
@@ -256,11 +264,12 @@ def entries() -> list[Entry]:
     for i, e in enumerate(CATALOGUE):
         info = REGISTRY.get(e.claim_id)
         if info is not None:
-            e = Entry(e.claim_id, info.paper, info.source, info.statement, info.module or e.module)
+            e = Entry(e.claim_id, info.paper, info.source, info.statement, info.module or e.module,
+                      info.papers, info.group)
         rows[e.claim_id] = ((_PAPER_ORDER.get(e.paper, len(_PAPER_ORDER)), i), e)
     for j, (cid, info) in enumerate(REGISTRY.items()):
         if cid not in rows:
-            e = Entry(cid, info.paper, info.source, info.statement, info.module)
+            e = Entry(cid, info.paper, info.source, info.statement, info.module, info.papers, info.group)
             rows[cid] = ((_PAPER_ORDER.get(e.paper, len(_PAPER_ORDER)), len(CATALOGUE) + j), e)
     return [e for _, e in sorted(rows.values(), key=lambda r: r[0])]
 
@@ -274,7 +283,7 @@ def _select(paper: str | None, claims: str | Sequence[str] | None) -> list[Entry
     rows = entries()
     if paper is not None:
         key = resolve_paper(paper)
-        rows = [e for e in rows if e.paper == key]
+        rows = [e for e in rows if key in e.all_papers()]
     if claims is not None:
         wanted = [claims] if isinstance(claims, str) else list(claims)
         known = {e.claim_id: e for e in entries()}
@@ -284,7 +293,7 @@ def _select(paper: str | None, claims: str | Sequence[str] | None) -> list[Entry
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
                 msg = f"unknown claim id {cid!r}{hint} (`refattn verify --list` shows every id)"
                 raise ValueError(msg)
-            if paper is not None and known[cid].paper != resolve_paper(paper):
+            if paper is not None and resolve_paper(paper) not in known[cid].all_papers():
                 msg = (f"claim {cid!r} belongs to paper {known[cid].paper}, not to the selected "
                        f"paper {resolve_paper(paper)}")
                 raise ValueError(msg)
@@ -302,7 +311,7 @@ def _not_landed(e: Entry) -> Verdict:
     else:
         why, key = f"method/module not yet landed ({detail})", f"{e.module} not yet landed"
     return Verdict(e.claim_id, e.source, e.statement, "not-checkable", why, key, None,
-                   paper=e.paper, module=e.module)
+                   paper=e.paper, module=e.module, papers=e.all_papers(), claim=e.claim or e.claim_id)
 
 
 def _run_one(e: Entry, info: ClaimInfo, ctx: Context) -> Verdict:
@@ -315,7 +324,7 @@ def _run_one(e: Entry, info: ClaimInfo, ctx: Context) -> Verdict:
     except Exception as exc:  # reported, never fatal: the ledger goes on
         verdict = Verdict(e.claim_id, e.source, e.statement, "not-checkable",
                           f"the check raised {type(exc).__name__}: {exc}", f"check raised {type(exc).__name__}",
-                          None)
+                          None, paper=e.paper, papers=info.papers, claim=info.group, reading=info.reading)
     seconds = time.perf_counter() - t0
     return dataclasses.replace(verdict, seconds=seconds, paper=e.paper, module=e.module)
 
@@ -372,6 +381,11 @@ def run(quick: bool = True, backend: Any = "numpy", paper: str | None = None,
     return out
 
 
+def claims_of(verdicts: Iterable[Verdict]) -> list[str]:
+    """The distinct claims of some rows, in order (a claim checked in several readings has several rows)."""
+    return list(dict.fromkeys(v.claim or v.claim_id for v in verdicts))
+
+
 def counts(verdicts: Iterable[Verdict]) -> dict[str, int]:
     """``{status: number of verdicts}`` for every status (zeros included)."""
     c = dict.fromkeys(STATUSES, 0)
@@ -380,4 +394,4 @@ def counts(verdicts: Iterable[Verdict]) -> dict[str, int]:
     return c
 
 
-__all__ += ["counts"]
+__all__ += ["counts", "claims_of"]

@@ -96,14 +96,14 @@ def _writable(out: Path) -> str | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from refattn import backends
 
-    from . import entries, load, module_status, resolve_paper, run
+    from . import claims_of, entries, load, module_status, resolve_paper, run
     from . import report as rep
 
     load()
     if args.list:
         for e in entries():
             state = module_status().get(e.module, ("missing", ""))[0]
-            print(f"{e.claim_id:<18} {e.paper:<10} {e.module:<16} {state:<8} {e.source}")
+            print(f"{e.claim_id:<22} {','.join(e.all_papers()):<14} {e.module:<16} {state:<8} {e.source}")
         return 0
     # Bad input first, before any long work.
     try:
@@ -126,7 +126,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
 
     print(f"\nrefattn verify ({'quick' if args.quick else 'full'}, backend {be.name}): "
-          f"{len(verdicts)} claims in {seconds:.1f} s\n")
+          f"{len(verdicts)} rows ({len(claims_of(verdicts))} claims) in {seconds:.1f} s\n")
     print(rep.format_table(verdicts))
     doc = rep.build(verdicts, quick=args.quick, backend=be, seconds=seconds, paper=paper,
                     claims=args.claim, modules=module_status())
@@ -142,8 +142,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     rep.write_json(doc, out / "report.json")
     rep.write_markdown(doc, out / "report.md", summary_plot=summary)
     c = doc["counts"]
+    k = doc["kinds"]
     print(f"\n{c['holds']} hold, {c['holds-conditionally']} hold conditionally, {c['fails']} fail, "
-          f"{c['not-checkable']} not checkable ({seconds:.1f} s)")
+          f"{c['not-checkable']} not checkable ({sum(c.values())} rows, {doc['claims']} claims; "
+          f"{k['measured']} measured, {k['derived']} derived checks; {seconds:.1f} s)")
     slow = sorted(verdicts, key=lambda v: v.seconds, reverse=True)[:3]
     if slow and slow[0].seconds >= 1.0:
         print("slowest: " + ", ".join(f"{v.claim_id} {v.seconds:.1f} s" for v in slow))

@@ -23,12 +23,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._verdict import STATUSES, Verdict
+from ._verdict import KINDS, STATUSES, Verdict
 
 __all__ = ["SCHEMA", "SCHEMA_ID", "build", "validate", "SchemaError", "write_json", "write_markdown",
            "write_plots", "format_table", "plot_name", "PLOTS_HINT"]
 
-SCHEMA_ID = "refattn-verify-report/1"
+SCHEMA_ID = "refattn-verify-report/2"
 PLOTS_HINT = "plots need matplotlib: pip install 'refattn[plots]'"
 
 _NUM_OR_NULL = {"type": ["number", "null"]}
@@ -61,7 +61,7 @@ SCHEMA: dict[str, Any] = {
     "title": "refattn verify report",
     "type": "object",
     "required": ["schema", "refattn_version", "created", "quick", "backend", "filters", "environment",
-                 "seconds", "counts", "modules", "verdicts"],
+                 "seconds", "counts", "claims", "kinds", "papers", "modules", "verdicts"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA_ID},
@@ -90,7 +90,11 @@ SCHEMA: dict[str, Any] = {
         },
         "seconds": {"type": "number", "minimum": 0},
         "counts": _COUNTS,
-        "counts_by_paper": {"type": "object", "additionalProperties": _COUNTS},
+        "counts_by_paper": {"type": "object", "additionalProperties": _COUNTS},  # a row under each of its papers
+        "claims": {"type": "integer", "minimum": 0},  # distinct claims (a claim has one row per reading)
+        "kinds": {"type": "object", "required": list(KINDS), "additionalProperties": False,
+                  "properties": {k: {"type": "integer", "minimum": 0} for k in KINDS}},
+        "papers": {"type": "object", "additionalProperties": {"type": "string"}},  # key -> full title
         "modules": {
             "type": "object",
             "additionalProperties": {
@@ -106,7 +110,8 @@ SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["claim_id", "paper", "module", "source", "statement", "status", "evidence",
-                             "figure", "seconds", "plot", "plot_file"],
+                             "figure", "seconds", "plot", "plot_file", "kind", "p_wrong", "condition", "papers",
+                             "claim", "reading"],
                 "additionalProperties": False,
                 "properties": {
                     "claim_id": {"type": "string"},
@@ -120,6 +125,12 @@ SCHEMA: dict[str, Any] = {
                     "seconds": {"type": "number", "minimum": 0},
                     "plot": {"oneOf": [{"type": "null"}, _FIGURE]},
                     "plot_file": {"type": ["string", "null"]},
+                    "kind": {"enum": list(KINDS)},
+                    "p_wrong": {"type": ["number", "null"], "minimum": 0},
+                    "condition": {"type": "string"},
+                    "papers": {"type": "array", "items": {"type": "string"}},
+                    "claim": {"type": "string"},
+                    "reading": {"type": "string"},
                 },
             },
         },
@@ -229,15 +240,21 @@ def build(verdicts: Sequence[Verdict], *, quick: bool, backend: Any, seconds: fl
     import refattn
 
     plot_files = plot_files or {}
+    from . import PAPERS
+
     by_paper: dict[str, list[Verdict]] = {}
     for v in verdicts:
-        by_paper.setdefault(v.paper, []).append(v)
+        for p in v.papers or (v.paper,):
+            by_paper.setdefault(p, []).append(v)
+    by_paper = dict(sorted(by_paper.items(), key=lambda kv: list(PAPERS).index(kv[0]) if kv[0] in PAPERS
+                           else len(PAPERS)))
     rows = []
     for v in verdicts:
         d = asdict(v)
         d["plot"] = _finite(d["plot"]) if v.plot is not None else None
         d["seconds"] = max(0.0, float(v.seconds))
         d["plot_file"] = plot_files.get(v.claim_id)
+        d["papers"] = list(v.papers or (v.paper,))
         rows.append(d)
     doc = {
         "schema": SCHEMA_ID,
@@ -252,6 +269,9 @@ def build(verdicts: Sequence[Verdict], *, quick: bool, backend: Any, seconds: fl
         "seconds": max(0.0, float(seconds)),
         "counts": _counts(verdicts),
         "counts_by_paper": {p: _counts(vs) for p, vs in by_paper.items()},
+        "claims": len(dict.fromkeys(v.claim or v.claim_id for v in verdicts)),
+        "kinds": {k: sum(v.kind == k for v in verdicts) for k in KINDS},
+        "papers": {p: PAPERS[p] for p in by_paper if p in PAPERS},
         "modules": {name: {"state": state, "detail": detail}
                     for name, (state, detail) in (modules or {}).items()},
         "verdicts": rows,
@@ -269,16 +289,34 @@ def _cell(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _p_wrong(v: Any) -> str:
+    kind = v["kind"] if isinstance(v, dict) else v.kind
+    p = v["p_wrong"] if isinstance(v, dict) else v.p_wrong
+    if kind != "measured":
+        return kind
+    return f"measured, P(wrong) <= {p:.0e}" if p else "measured"
+
+
 def format_table(verdicts: Sequence[Verdict], *, width: int = 120) -> str:
-    """The ledger as a plain-text table: claim, source, status, key figure."""
+    """The ledger as a plain-text table (claim row, papers, status, evidence kind, key figure and the
+    condition of a conditional verdict), then the papers' full titles."""
+    from . import PAPERS
+
     cw = max([5, *(len(v.claim_id) for v in verdicts)])
-    sw, tw = 34, 19
-    fw = max(20, width - cw - sw - tw - 6)
-    lines = [f"{'claim':<{cw}}  {'source':<{sw}}  {'status':<{tw}}  key figure",
-             f"{'-' * cw}  {'-' * sw}  {'-' * tw}  {'-' * min(fw, 40)}"]
+    pw = max([6, *(len(",".join(v.papers or (v.paper,))) for v in verdicts)])
+    tw, kw = 19, 8
+    fw = max(20, width - cw - pw - tw - kw - 8)
+    lines = [f"{'claim':<{cw}}  {'papers':<{pw}}  {'status':<{tw}}  {'evidence':<{kw}}  key figure [condition]",
+             f"{'-' * cw}  {'-' * pw}  {'-' * tw}  {'-' * kw}  {'-' * min(fw, 40)}"]
     for v in verdicts:
-        lines.append(f"{v.claim_id:<{cw}}  {_cell(v.source, sw):<{sw}}  {v.status:<{tw}}  "
-                     f"{_cell(v.figure or '-', fw)}")
+        fig = v.figure or "-"
+        if v.condition:
+            fig += f" [if {v.condition}]"
+        lines.append(f"{v.claim_id:<{cw}}  {','.join(v.papers or (v.paper,)):<{pw}}  {v.status:<{tw}}  "
+                     f"{v.kind:<{kw}}  {_cell(fig, fw)}")
+    used = list(dict.fromkeys(p for v in verdicts for p in (v.papers or (v.paper,))))
+    if any(p in PAPERS for p in used):
+        lines += ["", "papers:"] + [f"  {p}: {PAPERS[p]}" for p in PAPERS if p in used]
     return "\n".join(lines)
 
 
@@ -297,27 +335,43 @@ def write_markdown(doc: dict[str, Any], path: Path, *, summary_plot: str | None 
         f"`{be['name']}` ({be['device']}), {doc['created']}, {doc['seconds']:.1f} s; "
         f"Python {doc['environment']['python']}, {doc['environment']['platform']}.",
         "",
-        "| holds | holds-conditionally | fails | not-checkable | total |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| holds | holds-conditionally | fails | not-checkable | rows | claims | measured | derived |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {c['holds']} | {c['holds-conditionally']} | {c['fails']} | {c['not-checkable']} "
-        f"| {sum(c.values())} |",
+        f"| {sum(c.values())} | {doc['claims']} | {doc['kinds']['measured']} | {doc['kinds']['derived']} |",
+        "",
+        "A claim with two readings (a theorem and its proof's construction; an equation as printed and a "
+        "reinterpretation) has one row per reading, each with its own verdict. *measured*: a statistical "
+        "test on random draws, with P(wrong), the probability of a wrong verdict from its sample sizes "
+        "(union bound over its assertions); *derived*: deterministic evidence (shapes, exact counts, "
+        "arithmetic, rounding-bounded identities, counterexamples). A row is counted under every paper "
+        "that makes the claim.",
+        "",
+        "Papers:",
         "",
     ]
+    out += [f"- **{p}**: {title}" for p, title in doc.get("papers", {}).items()]
+    out.append("")
     slow = sorted(doc["verdicts"], key=lambda v: v["seconds"], reverse=True)[:5]
     if slow:
         out += ["Slowest checks: " + ", ".join(f"`{v['claim_id']}` {v['seconds']:.1f} s" for v in slow) + ".",
                 ""]
     if summary_plot:
         out += [f"![status counts per paper]({summary_plot})", ""]
-    out += ["| claim | source | status | key figure |", "| --- | --- | --- | --- |"]
+    out += ["| claim | reading | papers | source | status | evidence | condition | key figure |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v in doc["verdicts"]:
-        out.append(f"| [{v['claim_id']}](#{v['claim_id']}) | {_md(v['source'])} | **{v['status']}** "
-                   f"| {_md(v['figure']) or '-'} |")
+        out.append(f"| [{v['claim_id']}](#{v['claim_id']}) | {_md(v['reading']) or '-'} | "
+                   f"{', '.join(v['papers'])} | {_md(v['source'])} | **{v['status']}** | {_p_wrong(v)} | "
+                   f"{_md(v['condition']) or '-'} | {_md(v['figure']) or '-'} |")
     out += ["", "## Claims", ""]
     for v in doc["verdicts"]:
         out += [f"### {v['claim_id']}", "",
-                f"*{_md(v['source'])}* (paper {v['paper']}, module `{v['module']}`, {v['seconds']:.2f} s)",
-                "", f"> {_md(v['statement'])}", "", f"**{v['status']}**: {v['figure'] or ''}", ""]
+                f"*{_md(v['source'])}* (papers {', '.join(v['papers'])}, module `{v['module']}`, "
+                f"{v['seconds']:.2f} s; claim `{v['claim']}`" + (f", reading: {v['reading']}" if v['reading'] else "")
+                + f"; evidence: {_p_wrong(v)})",
+                "", f"> {_md(v['statement'])}", "", f"**{v['status']}**: {v['figure'] or ''}"
+                + (f" (condition: {v['condition']})" if v['condition'] else ""), ""]
         out += [line for line in str(v["evidence"]).splitlines()] + [""]
         if v.get("plot_file"):
             out += [f"![{v['claim_id']}]({v['plot_file']})", ""]
@@ -403,11 +457,12 @@ def draw_counts(doc: dict[str, Any], path: Path, *, dpi: int = 100) -> None:
         ax.bar(papers, vals, bottom=bottom, color=_COLOURS[status], label=status)
         bottom = [b + v for b, v in zip(bottom, vals)]
     c = doc["counts"]
-    ax.set_title(f"refattn verify ({'quick' if doc['quick'] else 'full'}): {c['holds']} hold, "
+    ax.set_title(f"refattn verify ({'quick' if doc['quick'] else 'full'}, {sum(c.values())} rows, "
+                 f"{doc.get('claims', sum(c.values()))} claims): {c['holds']} hold, "
                  f"{c['holds-conditionally']} conditional, {c['fails']} fail, "
                  f"{c['not-checkable']} not checkable", fontsize=9)
     ax.set_xlabel("paper")
-    ax.set_ylabel("claims")
+    ax.set_ylabel("rows (each under every paper making it)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ from refattn.cost import measure
 from refattn.methods import kernels, linear, softmax
 from refattn.random import gaussian_projection, linformer_projection
 
-from ._verdict import Context, Figure, claim
+from ._verdict import Context, Figure, Meta, claim
 
 PAPER = "001"
 SLOPE_TOL = 0.05
@@ -315,11 +315,11 @@ def _combine(statuses: list[str]) -> str:
     return "holds"
 
 
-def judge(ctx: Context, items: Sequence[Item], what: str) -> tuple[str, str, list[str]]:
-    """Status, evidence and key-figure parts of a list of big-O statements."""
+def judge(ctx: Context, items: Sequence[Item], what: str) -> tuple[str, str, list[str], list[str]]:
+    """Status, evidence, key-figure parts and conditions (of the conditional items) of big-O statements."""
     data = measure_table(ctx)
     base, _ = table_sizes(ctx.quick)
-    lines, statuses, keyfig = [], [], []
+    lines, statuses, keyfig, conds = [], [], [], []
     mixed = len({it.column for it in items}) > 1
     for it in items:
         sw = data[it.method]
@@ -334,6 +334,8 @@ def judge(ctx: Context, items: Sequence[Item], what: str) -> tuple[str, str, lis
         status, why = classify(it.degrees, fitted)
         if not it.informative:
             statuses.append(status)
+            if status == "holds-conditionally":
+                conds.append(f"{it.method}: {why.split(' (')[0]}")
             keyfig.append(f"{it.method}{' ' + it.column if mixed else ''} n^{fitted['n']:.2f}")
         expo = " ".join(f"{x}^{e:.2f}" for x, e in fitted.items())
         note = f" ({it.note})" if it.note else ""
@@ -347,7 +349,7 @@ def judge(ctx: Context, items: Sequence[Item], what: str) -> tuple[str, str, lis
             f"allowed (exact counts: a true polynomial bound leaves the slope <= its degree). "
             f"A size the claim leaves out is a constant (conditional); n never is. Rows marked "
             f"[informative] (refattn's other methods, n swept only) do not enter the verdict.")
-    return _combine(statuses), head + "\n" + "\n".join(lines), keyfig
+    return _combine(statuses), head + "\n" + "\n".join(lines), keyfig, conds
 
 
 def _column(ctx: Context, column: str) -> tuple[str, str, str, Figure | None]:
@@ -355,8 +357,8 @@ def _column(ctx: Context, column: str) -> tuple[str, str, str, Figure | None]:
                   r.time_deg if column == "time" else r.mem_deg, r.informative, r.notes.get(column, ""))
              for r in ROWS]
     what = "FLOPs" if column == "time" else "peak live bytes (inputs excluded)"
-    status, evidence, keyfig = judge(ctx, items, what)
-    return status, evidence, "; ".join(keyfig), _figure(measure_table(ctx), column)
+    status, evidence, keyfig, conds = judge(ctx, items, what)
+    return status, evidence, "; ".join(keyfig), _figure(measure_table(ctx), column), Meta(condition="; ".join(conds))
 
 
 def _figure(data: dict[str, Sweep], column: str) -> Figure | None:
@@ -438,8 +440,8 @@ def surv_lin_cost(ctx: Context) -> tuple[Any, ...]:
     Linear attention is measured on the formula sec. 2.2 writes (``efficient_attention``,
     Softmax_row(Q)(Softmax_col(K)^T V)); the elu+1 linear attention of its ref. [2] is shown too.
     """
-    status, evidence, keyfig = judge(ctx, LIN_COST, "FLOPs (time) and peak live bytes (memory)")
-    return status, evidence + "\n" + _closed_forms(ctx), "; ".join(keyfig)
+    status, evidence, keyfig, conds = judge(ctx, LIN_COST, "FLOPs (time) and peak live bytes (memory)")
+    return status, evidence + "\n" + _closed_forms(ctx), "; ".join(keyfig), Meta(condition="; ".join(conds))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,7 +524,7 @@ def surv_fastest(ctx: Context) -> tuple[Any, ...]:
     fig = Figure(f"001 sec. 3.1: counted FLOPs at d = {ds[-1]} ({READINGS[0][0]})", "n",
                  "counted FLOPs (forward, per head)", [float(n) for n in ns], plot_series, {}, loglog=True)
     key = "; ".join(f"{r}: {'ok' if not lo else f'{len(lo)}/{p} lost'}" for r, lo, p in per_reading)
-    return status, evidence, key, fig
+    return status, evidence, key, fig, Meta(condition="reading " + " or ".join(held))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -668,4 +670,5 @@ def surv_rfa_mem(ctx: Context) -> tuple[Any, ...]:
                   f"softmax, dense: n^{e_dense:.2f}": [float(v) for v in dense.peak["n"]],
                   f"softmax, blockwise: n^{e_block:.2f}": [float(v) for v in block.peak["n"]]}, loglog=True)
     return (status, evidence,
-            f"RFA n^{e_rfa:.2f} vs dense softmax n^{e_dense:.2f}; blockwise softmax n^{e_block:.2f}", fig)
+            f"peak bytes: RFA n^{e_rfa:.2f} vs dense softmax n^{e_dense:.2f}; blockwise softmax n^{e_block:.2f}", fig,
+            Meta(condition="against softmax attention evaluated densely (blockwise softmax is linear in n too)"))
