@@ -154,8 +154,8 @@ def _softplus(xp: Any, a: Any) -> tuple[Any, Any]:
     ``log1p(e) = log(u) - log(1 + c / (1 + e))``. Dropping the second-order term and the factor
     ``1 / (1 + e)`` leaves an error ``<= |c| e / (1 + e) <= (ulp(1) / 2) e / (1 + e)``, less than half
     an ulp of ``log1p(e) >= e / (1 + e)``: a few ulps in all, for every ``e`` in ``[0, 1]`` (``e``
-    exactly when ``1 + e`` rounds to 1). This replaces one ``log1p`` (NumPy's is 2.5x slower than
-    its ``log`` in float32) by a ``log`` and three cheap passes; no ``where`` (NumPy's is slow on
+    exactly when ``1 + e`` rounds to 1). This replaces one ``log1p`` (NumPy's is slower than its
+    ``log`` in float32: benchmarks/RESULTS.md) by a ``log`` and three cheap passes; no ``where`` (NumPy's is slow on
     unpredictable conditions); ``exp`` computed over its own scratch ``-|a|``
     (:func:`refattn._primitives.exp_consuming`: fresh large temporaries cost page faults).
     """
