@@ -423,6 +423,16 @@ def test_bad_input():
         ka(q, k, v, bad, a, b, kernel="aoglu")
     with pytest.raises(ValueError, match="w0 must be finite"):
         ka(q, k, v, np.full((8, 8), np.inf), kernel="ffn")
+    with pytest.raises(ValueError, match="w0 must be finite"):  # weights: checked whatever check_finite says
+        ka(q, k, v, np.full((8, 8), np.inf), kernel="ffn", check_finite=False)
+    bad_v = v.copy()
+    bad_v.reshape(-1)[0] = np.nan
+    with pytest.raises(ValueError, match="v must be finite"):  # check_finite=True is the default
+        ka(q, k, bad_v, wf, kernel="ffn")
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(ka(q, k, bad_v, wf, kernel="ffn", check_finite=False)).any()
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        ka(q, k, v, wf, kernel="ffn", check_finite="yes")
     with pytest.raises(ValueError, match="kernel must be one of"):
         ka(q, k, v, wf, kernel="relu")
     with pytest.raises(ValueError, match="kernel must be one of"):

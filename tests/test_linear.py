@@ -247,13 +247,45 @@ def test_nonpositive_normalisers_raise_warn_or_pass():
     with pytest.raises(ValueError, match="normaliser"):
         refattn.linear_attention(q, k, v, feature_map="identity")
     with pytest.warns(RuntimeWarning, match="normaliser"):
-        refattn.linear_attention(q, k, v, feature_map="identity", on_nonpositive="warn")
-    out = refattn.linear_attention(q, k, v, feature_map="identity", on_nonpositive="ignore", eps=0.0)
+        refattn.linear_attention(q, k, v, feature_map="identity", errors="warn")
+    out = refattn.linear_attention(q, k, v, feature_map="identity", errors="ignore", eps=0.0)
     want, bound = _explicit(q, k, v, _allowed(6, 7, False, None), 0.0)
     assert np.any(np.sum(q[..., :, None, :] * k[..., None, :, :], axis=(-1, -2)) < 0)
     _check(out, want, bound, refattn.backends.get("numpy"))
     with pytest.raises(ValueError, match="normaliser"):  # the causal path checks too
         refattn.linear_attention(q, k, v, feature_map="identity", causal=True)
+
+
+def test_deprecated_on_nonpositive_still_works_and_warns():
+    """on_nonpositive (the former name of errors) maps value for value, with a DeprecationWarning;
+    giving both is an error."""
+    q, k, v = host_qkv(8, n=6, m=7)
+    want = refattn.linear_attention(q, k, v, feature_map="identity", errors="ignore")
+    with pytest.warns(DeprecationWarning, match="on_nonpositive='ignore' is deprecated; use errors='ignore'"):
+        got = refattn.linear_attention(q, k, v, feature_map="identity", on_nonpositive="ignore")
+    np.testing.assert_array_equal(got, want)
+    with pytest.warns(DeprecationWarning, match="use errors='raise'"), pytest.raises(ValueError, match="normaliser"):
+        refattn.linear_attention(q, k, v, feature_map="identity", on_nonpositive="raise")
+    with pytest.warns(DeprecationWarning), pytest.warns(RuntimeWarning, match="normaliser"):
+        refattn.linear_attention(q, k, v, feature_map="identity", on_nonpositive="warn")
+    with pytest.raises(TypeError, match="give the failure policy once"):
+        refattn.linear_attention(q, k, v, errors="warn", on_nonpositive="warn")
+
+
+def test_check_finite_default_rejects_nan_and_false_propagates():
+    """check_finite=True is the default (SciPy's convention): NaN/inf inputs raise naming the
+    argument; check_finite=False lets them propagate to the rows they reach."""
+    q, k, v = host_qkv(8, n=4, m=5)
+    bad = v.copy()
+    bad.reshape(-1)[3] = np.nan
+    for fn in (refattn.linear_attention, refattn.efficient_attention):
+        with pytest.raises(ValueError, match="v must be finite, got 1 NaN/inf"):
+            fn(q, k, bad)
+        with np.errstate(invalid="ignore"):
+            out = fn(q, k, bad, check_finite=False)
+        assert np.isnan(out).any() and np.isfinite(out).any()
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        refattn.linear_attention(q, k, v, check_finite=1)
 
 
 def test_key_padding_equals_dropping_keys(backend):
@@ -292,12 +324,16 @@ def test_bad_input_messages():
         refattn.linear_attention(q, k, v, feature_map=(np.exp, 3))
     with pytest.raises(ValueError, match="elementwise"):
         refattn.linear_attention(q, k, v, feature_map=(lambda x: x[..., :2], lambda x: x))
-    for eps in (-1e-3, math.nan, math.inf, "1e-6"):
+    for eps in (-1e-3, math.nan, math.inf):
         with pytest.raises(ValueError, match="eps"):
             refattn.linear_attention(q, k, v, eps=eps)
+    with pytest.raises(TypeError, match="eps must be a finite real number"):  # not a number: TypeError
+        refattn.linear_attention(q, k, v, eps="1e-6")
     with pytest.raises(ValueError, match="chunk"):
         refattn.linear_attention(q, k, v, causal=True, chunk=0)
-    with pytest.raises(ValueError, match="on_nonpositive"):
+    with pytest.raises(ValueError, match="errors must be one of"):
+        refattn.linear_attention(q, k, v, errors="clip")
+    with pytest.raises(ValueError, match="on_nonpositive must be one of"):
         refattn.linear_attention(q, k, v, on_nonpositive="clip")
     with pytest.raises(ValueError, match="normalization"):
         refattn.efficient_attention(q, k, v, normalization="l2")
@@ -314,7 +350,7 @@ def test_bad_input_messages():
 GRAD_CASES = [
     {"feature_map": "elu+1"},
     {"feature_map": "relu", "scale": 0.5},
-    {"feature_map": "identity", "on_nonpositive": "ignore", "eps": 0.0},
+    {"feature_map": "identity", "errors": "ignore", "eps": 0.0},
     {"feature_map": "softplus", "causal": True, "chunk": 2},
     {"feature_map": "elu+1", "causal": True, "chunk": 3, "padding": True},
     {"feature_map": "elu+1", "causal": "bottom_right", "chunk": 2},
@@ -533,7 +569,7 @@ def test_closed_form_cost_equals_counted(which, kw):
     q, k, v = np.abs(rs.standard_normal((2, 3, 7, 4))), rs.standard_normal((2, 3, 9, 4)), rs.standard_normal(
         (2, 3, 9, 5))
     if which == "linear":
-        run_kw = {**kw, "on_nonpositive": "ignore"} if kw.get("feature_map") == "identity" else kw
+        run_kw = {**kw, "errors": "ignore"} if kw.get("feature_map") == "identity" else kw
         counted = measure(refattn.linear_attention, q, k, v, **run_kw)
         closed = linear.cost(7, 9, 4, 5, batch=6, **kw)
     else:
@@ -567,14 +603,24 @@ def test_kernelized_positive_rule_empty_invalid_rows_and_report_hook():
     a2 = a.copy()
     a2[0, 2] = 0.0  # phi(q) underflowed: normaliser exactly 0 although keys are kept
     seen = []
-    out, res = kernelized_forward(a2, b, c, eps=0.0, normalizer="positive",
-                                  on_nonpositive=lambda xp, bad, r: seen.append(np.argwhere(bad).tolist()))
+
+    def message(xp, bad, r):
+        seen.append(np.argwhere(bad).tolist())
+        return "caller's wording"
+
+    with pytest.warns(RuntimeWarning, match="caller's wording"):
+        out, res = kernelized_forward(a2, b, c, eps=0.0, normalizer="positive", errors="warn", message=message)
     assert seen == [[[0, 2]]] and np.all(out[0, 2] == 0)
+    with pytest.raises(KeyError, match="caller's wording"):  # the caller's exception
+        kernelized_forward(a2, b, c, eps=0.0, normalizer="positive", message=message, error=KeyError)
     dq, dk, dv = kernelized_backward(res, np.ones_like(out))
     assert np.all(dq[0, 2] == 0) and np.all(np.isfinite(dk)) and np.all(np.isfinite(dv))
     with pytest.raises(ValueError, match="not positive and finite"):
         kernelized_forward(a2, b, c, eps=0.0, normalizer="positive")
     out_nz, _ = kernelized_forward(a2, b, c, eps=0.0)  # "nonzero": 0 / 0 is an empty row, silently
     np.testing.assert_array_equal(out_nz, out)
-    with pytest.raises(ValueError, match="normalizer must be one of"):
-        kernelized_forward(a, b, c, normalizer="sign")
+    # the fallback: zero_invalid=False returns the ratio as computed (0 / 0 rows stay zeros)
+    out_r, res_r = kernelized_forward(a2, b, c, eps=0.0, normalizer="positive", errors="ignore",
+                                      zero_invalid=False)
+    np.testing.assert_array_equal(out_r, out)
+    assert res_r.valid[0, 2] == np.False_

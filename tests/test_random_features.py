@@ -150,7 +150,7 @@ def test_stabilised_features_are_exactly_shifted(backend, kind, mode):
     by the rounding of t - c and of the two exps, <= (|t| + |c| + 4) u relative per entry."""
     x, _, _, w = case(1, n_freq=5, qk_scale=3.0)
     fn = refattn.positive_features if kind == "positive" else refattn.hyperbolic_features
-    got = backend.to_host(fn(*to(backend, x, w), stabilize=mode))
+    got = backend.to_host(fn(*to(backend, x, w), max_shift=mode))
     u = x @ w.T
     t = (u if kind == "positive" else np.concatenate([u, -u], -1)) - (x * x).sum(-1, keepdims=True) / 2
     axes = (-1,) if mode == "row" else (-2, -1)
@@ -170,7 +170,7 @@ def test_feature_map_gradients(backend, kind, stab):
     x, _, _, w = case(2, batch=(2,), n=4, d=3, n_freq=5)
     fn = {"trig": refattn.trig_features, "positive": refattn.positive_features,
           "hyperbolic": refattn.hyperbolic_features}[kind]
-    kwargs = {} if stab is None else {"stabilize": stab}
+    kwargs = {} if stab is None else {"max_shift": stab}
     gradcheck(fn, to(backend, x, w), kwargs=kwargs, n_directions=3)
 
 
@@ -257,8 +257,8 @@ def test_trig_key_weight_overflow(backend):
     args = to(backend, q, k, v, w)
     with pytest.raises(ValueError, match="exp overflows"):
         refattn.random_feature_attention(*args, features="trig", stabilize=False, scale=1.0,
-                                         invalid_normalizer="zero")
-    out = refattn.random_feature_attention(*args, features="trig", scale=1.0, invalid_normalizer="zero")
+                                         errors="ignore")
+    out = refattn.random_feature_attention(*args, features="trig", scale=1.0, errors="ignore")
     assert bool(backend.xp.all(backend.xp.isfinite(out)))
 
 
@@ -422,7 +422,7 @@ def test_trig_nonpositive_normaliser_is_detected(backend):
         with pytest.raises(rf.NonPositiveNormalizerError, match="1 of 2 query rows.*trigonometric"):
             refattn.random_feature_attention(*args, features="trig", kernel=kernel, scale=1.0)
         out, pb = refattn.vjp(refattn.random_feature_attention, *args, features="trig", kernel=kernel,
-                              scale=1.0, invalid_normalizer="zero")
+                              scale=1.0, errors="ignore")
         host = backend.to_host(out)
         assert np.all(host[0, 0] == 0) and np.allclose(host[0, 1], 1.0, rtol=1e-15)
         dq = backend.to_host(pb(xp.ones_like(out)).dq)
@@ -436,7 +436,7 @@ def test_trig_nonpositive_normaliser_happens_on_random_inputs():
     w = rr.gaussian_projection(2, 4, rng=17)
     with pytest.raises(rf.NonPositiveNormalizerError):
         refattn.random_feature_attention(q, k, v, w, features="trig", scale=1.0)
-    out = refattn.random_feature_attention(q, k, v, w, features="trig", scale=1.0, invalid_normalizer="zero")
+    out = refattn.random_feature_attention(q, k, v, w, features="trig", scale=1.0, errors="ignore")
     assert np.all(np.isfinite(out))
 
 
@@ -504,9 +504,10 @@ def test_bad_input(backend):
     with pytest.raises(rf.NonPositiveNormalizerError):  # unchecked NaN still never returns silently
         f(backend.asarray(bad_q), k, v, w, check_finite=False)
     for kw, match in (({"scale": -1.0}, "scale must be positive"), ({"scale": 0.0}, "scale must be positive"),
-                      ({"sigma": 0.0}, "sigma must be a positive"), ({"sigma": 1.0, "scale": 1.0}, "not both"),
+                      ({"sigma": 0.0}, r"sigma must be a finite real number in \(0"), ({"sigma": 1.0, "scale": 1.0}, "not both"),
                       ({"features": "relu"}, "features must be one of"), ({"kernel": "laplace"}, "kernel must be"),
-                      ({"invalid_normalizer": "nan"}, "invalid_normalizer must"), ({"chunk": 0}, "chunk must")):
+                      ({"invalid_normalizer": "nan"}, "invalid_normalizer must"), ({"chunk": 0}, "chunk must"),
+                      ({"errors": "zero"}, "errors must be one of"), ({"invalid_rows": "nan"}, "invalid_rows must")):
         with pytest.raises(ValueError, match=match):
             f(q, k, v, w, **kw)
     with pytest.raises(ValueError, match="cannot honour a mask that differs between queries"):
@@ -520,19 +521,61 @@ def test_bad_input(backend):
     with pytest.raises(ValueError, match="non-zero norm, got 1 zero rows"):
         f(backend.asarray(zq), k, v, w, normalize=True)
     x = q[0, 0, ...]
-    with pytest.raises(ValueError, match="stabilize must be one of"):
-        rf._feature_forward("trig", x, w, "row", True)  # trig_features has no stabilize option
-    with pytest.raises(ValueError, match="stabilize must be one of"):
-        refattn.positive_features(x, w, stabilize="col")
+    with pytest.raises(ValueError, match="max_shift for trig features must be one of"):
+        rf._feature_forward("trig", x, w, "row", True)  # trig_features has no max_shift option
+    with pytest.raises(ValueError, match="max_shift for positive features must be one of"):
+        refattn.positive_features(x, w, max_shift="col")
+    for flag in ("stabilize", "normalize", "check_finite"):  # flags take only True/False
+        with pytest.raises(TypeError, match=f"{flag} must be True or False"):
+            f(q, k, v, w, **{flag: "row"})
     with pytest.raises(ValueError, match=r"W must have shape"):
         refattn.positive_features(x, w[..., :2])
     # exp(w.x - |x|^2/2) <= exp(|w|^2/2): overflow needs a row with |w| > sqrt(2 log max) = 37.7
     big_w = backend.asarray(np.full((2, 4), 25.0))  # |w| = 50
     big_x = backend.asarray(np.full((3, 4), 25.0))  # w.x - |x|^2/2 = 2500 - 1250
-    with pytest.raises(ValueError, match="exp overflows"):
+    with pytest.raises(ValueError, match="exp overflows.*max_shift='row'"):
         refattn.positive_features(big_x, big_w)
-    phi = refattn.positive_features(big_x, big_w, stabilize="row")
+    phi = refattn.positive_features(big_x, big_w, max_shift="row")
     assert bool(xp.all(phi == 1 / math.sqrt(2)))
+
+
+def test_deprecated_options_still_work_and_warn():
+    """invalid_normalizer (-> errors: "raise" -> "raise", "zero" -> "ignore") and the feature maps'
+    stabilize (-> max_shift) keep working, bit for bit, with a DeprecationWarning naming the new
+    option; giving the old and the new option together is an error."""
+    args = _trig_negative_case()
+    kw = {"features": "trig", "scale": 1.0}
+    want = refattn.random_feature_attention(*args, errors="ignore", **kw)
+    with pytest.warns(DeprecationWarning, match="invalid_normalizer='zero' is deprecated; use errors='ignore'"):
+        got = refattn.random_feature_attention(*args, invalid_normalizer="zero", **kw)
+    np.testing.assert_array_equal(got, want)
+    with pytest.warns(DeprecationWarning, match="use errors='raise'"), pytest.raises(rf.NonPositiveNormalizerError):
+        refattn.random_feature_attention(*args, invalid_normalizer="raise", **kw)
+    with pytest.raises(TypeError, match="give the failure policy once"):
+        refattn.random_feature_attention(*args, errors="ignore", invalid_normalizer="zero", **kw)
+    x, _, _, w = case(1, n_freq=5, qk_scale=3.0)
+    for fn in (refattn.positive_features, refattn.hyperbolic_features):
+        for mode in ("row", "all"):
+            want = fn(x, w, max_shift=mode)
+            with pytest.warns(DeprecationWarning, match=f"use max_shift='{mode}'"):
+                got = fn(x, w, stabilize=mode)
+            np.testing.assert_array_equal(got, want)
+        with pytest.raises(TypeError, match="give the maximum shift once"):
+            fn(x, w, stabilize="row", max_shift="row")
+
+
+def test_failure_policy_warn_and_ratio_fallback():
+    """errors="warn": the report as a RuntimeWarning, invalid rows zeros; invalid_rows="ratio": the
+    ratio as computed (here -r / -r = 1 for the row with a negative normaliser)."""
+    args = _trig_negative_case()
+    kw = {"features": "trig", "scale": 1.0}
+    with pytest.warns(RuntimeWarning, match="1 of 2 query rows.*trigonometric"):
+        out = refattn.random_feature_attention(*args, errors="warn", **kw)
+    assert np.all(out[0, 0] == 0)
+    out = refattn.random_feature_attention(*args, errors="ignore", invalid_rows="ratio", **kw)
+    np.testing.assert_allclose(out[0], 1.0, rtol=1e-15)
+    with pytest.raises(rf.NonPositiveNormalizerError):  # the fallback never silences errors="raise"
+        refattn.random_feature_attention(*args, invalid_rows="ratio", **kw)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -798,7 +841,7 @@ def test_cost_counted_equals_closed_form(features, kernel, causal, stabilize):
     q, k, v, w = case(31, batch=(2,), n=7, m=7, d=4, dv=3, n_freq=50, qk_scale=0.5)
     for normalize, masked in ((False, False), (True, True)):
         kw = {"features": features, "kernel": kernel, "causal": causal, "stabilize": stabilize,
-              "normalize": normalize, "chunk": 3, "invalid_normalizer": "zero"}
+              "normalize": normalize, "chunk": 3, "errors": "ignore"}
         if masked:
             kw["key_lengths"] = np.array([7, 4])
         counted = measure(refattn.random_feature_attention, q, k, v, w, **kw)

@@ -698,7 +698,7 @@ def rfa_trig_normaliser(ctx: Context):
     """T5.5: random unit q, K (L = 32, d = 16; RFA's unit-norm form), temperatures sigma in {1, 0.5, 0.3},
     D in {16, 64, 256}: the fraction of query rows whose trig normaliser phi(q) . sum_j phi(k_j) is <= 0,
     with a Clopper-Pearson interval at alpha = 1e-6 (counted from refattn's forward residuals, run with
-    invalid_normalizer='zero'); positive features on the same inputs and projections: never <= 0 (a sum of
+    errors='ignore'); positive features on the same inputs and projections: never <= 0 (a sum of
     positive terms). refattn raises NonPositiveNormalizerError by default, never returns a silent NaN."""
     batches = 5 if ctx.quick else 50
     rs = np.random.default_rng(180)
@@ -714,7 +714,7 @@ def rfa_trig_normaliser(ctx: Context):
             for b in range(batches):
                 w = rr.gaussian_projection(n_freq, d, rng=gen, batch=(per,))  # one W per batch element
                 res = rf.forward(q[b], k[b], v, w, features="trig", kernel="gaussian", normalize=True, sigma=sigma,
-                                 invalid_normalizer="zero")[1]
+                                 errors="ignore")[1]
                 bad += int(np.sum(~res.ok)) if res.ok is not None else 0
                 total += per * L
                 if sigma == 0.3:

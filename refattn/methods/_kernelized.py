@@ -39,20 +39,26 @@ For non-negative features ``r_i >= eps``. ``r_i == 0`` with a zero numerator (a 
 key, or every feature product underflowing with ``eps = 0``) is the *empty row*: output zeros and
 zero gradient, as ``softmax_attention`` returns for fully masked rows. A normaliser ``r_i < 0``, or
 ``r_i == 0`` with a non-zero numerator, can only come from sign-indefinite features (``"identity"``,
-a user map): the ratio is then not a weighted average and may be arbitrarily large. ``on_nonpositive``
-decides: ``"raise"`` (default: ``ValueError`` naming how many rows), ``"warn"`` (``RuntimeWarning``,
-the ratio is returned as computed, singular rows as zeros) or ``"ignore"``.
+a user map): the ratio is then not a weighted average and may be arbitrarily large. The failure
+policy ``errors`` (:mod:`refattn._checks`) decides: ``"raise"`` (default: ``ValueError`` naming how
+many rows), ``"warn"`` (``RuntimeWarning``, the ratio is returned as computed, singular rows as
+zeros) or ``"ignore"``.
 
 That is the ``normalizer="nonzero"`` rule (linear attention, trainable kernels). The
 ``normalizer="positive"`` rule (random features, whose sin/cos estimates can be negative and whose
 exponentials can under/overflow) uses a row only when ``r_i > 0``, ``r_i`` finite and its numerator
 finite; a row that sees no kept key *by construction* (every key padded away, ``m = 0``, or, causal,
-every kept key after ``i + offset``) is an empty row (zeros, zero gradient), and every other row is
-*invalid*: it returns zeros with zero gradient as well, and ``on_nonpositive`` decides whether that is
-an error (``"raise"``), a ``RuntimeWarning`` (``"warn"``) or silent (``"ignore"``). Under either
-rule ``on_nonpositive`` may also be a callable ``report(xp, bad, r)`` (``bad (..., n)`` the singular
-or invalid rows, ``r`` the normalisers), called when there is at least one such row: it raises the
-caller's own error, or returns to go on as with ``"ignore"``.
+every kept key after ``i + offset``) is an empty row (zeros, zero gradient, never reported), and every
+other row is *invalid*: by default it returns zeros with zero gradient as well (the fallback
+``zero_invalid=True``; ``False`` returns the ratio as computed), and ``errors`` decides whether that
+is an error (``"raise"``), a ``RuntimeWarning`` (``"warn"``) or silent (``"ignore"``). The caller
+may word the report (``message(xp, bad, r) -> str``, ``bad (..., n)`` the reported rows, ``r`` the
+normalisers) and choose its exception (``error``).
+
+Options arrive resolved in a :class:`CoreOptions` (the core validates nothing). The one
+data-dependent step is :func:`_check_normalizers` (the row rule and its report), called once per
+forward pass; with ``errors="ignore"`` it reads no value back to the host beyond the test that
+picks the one-division fast path.
 
 Backward (``G = [dout / r, -delta / r]``, ``delta_i = out_i . dout_i``; rows with ``r_i == 0`` get
 ``G_i = 0``): with ``A = phi_q (phi_k^T C)`` the augmented product,
@@ -70,17 +76,18 @@ key of the ``"positive"`` rule, are comparisons: 0 flops).
 from __future__ import annotations
 
 import math
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .._checks import report
 from .._masks import _causal_offset
 from .._xp import device, namespace, unbroadcast
-from ._prefix import DEFAULT_CHUNK, causal_dot, causal_dot_backward
+from ._prefix import DEFAULT_CHUNK, _causal_dot, causal_dot_backward
 
-__all__ = ["kernelized_forward", "kernelized_backward", "KernelizedResiduals", "kernelized_flops",
-           "causal_dot_flops", "NONPOSITIVE_CHOICES", "NORMALIZER_RULES", "DEFAULT_CHUNK"]
+__all__ = ["kernelized_forward", "kernelized_backward", "KernelizedResiduals", "CoreOptions",
+           "kernelized_flops", "causal_dot_flops", "NORMALIZER_RULES", "DEFAULT_CHUNK"]
 
-NONPOSITIVE_CHOICES = ("raise", "warn", "ignore")
 NORMALIZER_RULES = ("nonzero", "positive")
 
 
@@ -144,35 +151,102 @@ def _empty_rows(xp: Any, keep: Any, n: int, m: int, offset: int | None, dev: Any
     return first > rows + offset
 
 
-def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False,
-                       chunk: int = DEFAULT_CHUNK, key_keep: Any = None, eps: float = 1e-6,
-                       on_nonpositive: Any = "raise", normalizer: str = "nonzero",
-                       method: str = "kernelized attention") -> tuple[Any, KernelizedResiduals]:
+@dataclass(frozen=True)
+class CoreOptions:
+    """The core's options, resolved by the calling method (the core validates nothing).
+
+    ``errors`` is the failure policy of the normaliser check (:mod:`refattn._checks`); ``normalizer``
+    the rule deciding which rows are reported (``"nonzero"`` or ``"positive"``, see the module
+    docstring); ``zero_invalid`` the fallback: reported rows return zeros with zero gradient
+    (``True``) or the ratio as computed (``False``; rows with a zero normaliser are zeros either way).
+    ``message(xp, bad, r) -> str`` and ``error`` let the caller word the report and pick the exception.
+    """
+
+    causal: Any = False
+    chunk: int = DEFAULT_CHUNK
+    eps: float = 1e-6
+    errors: str = "raise"
+    normalizer: str = "nonzero"
+    zero_invalid: bool | None = None  # None: the rule's own fallback (nonzero: ratio, positive: zeros)
+    message: Callable[[Any, Any, Any], str] | None = None
+    error: type[Exception] = ValueError
+    method: str = "kernelized attention"
+
+
+def _check_normalizers(xp: Any, r: Any, numer: Any, key_keep: Any, n: int, m: int, offset: int | None,
+                       dev: Any, opts: CoreOptions) -> tuple[Any, bool]:
+    """The core's one data-dependent step: which rows' ratios are returned, and the report of the
+    rows whose normaliser breaks ``opts.normalizer``'s rule (under ``opts.errors``).
+
+    Returns ``(valid, all_valid)``: ``valid (..., n)`` the rows returned as a ratio (the others are
+    zeros with zero gradient) and whether every row is one (then the output is one division).
+    """
+    positive = opts.normalizer == "positive"
+    zero_invalid = positive if opts.zero_invalid is None else opts.zero_invalid
+    if positive:
+        good = (r > 0) & xp.isfinite(r) & xp.all(xp.isfinite(numer), axis=-1)
+
+        def bad_rows() -> Any:
+            empty = _empty_rows(xp, key_keep, n, m, offset, dev)
+            return ~good if empty is None else ~(good | empty)
+
+        valid = good if zero_invalid else r != 0
+        all_good = bool(xp.all(good))
+
+        def due_() -> bool:
+            return not all_good
+
+        all_valid = all_good if zero_invalid else bool(xp.all(valid))
+        what, why = "that is not positive and finite", "these rows are returned as zeros"
+    else:
+        valid = r > 0 if zero_invalid else r != 0
+        all_valid = bool(xp.all(valid))
+
+        def bad_rows() -> Any:  # only when a report is due and some r <= 0 (sign-indefinite features)
+            return (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
+
+        def due_() -> bool:
+            return not (all_valid and (zero_invalid or bool(xp.all(r > 0))))
+
+        what = "<= 0"
+        why = ("the feature map is not non-negative (e.g. 'identity'), so the output is not a weighted "
+               "average of the values. Use a non-negative feature map, a larger eps, or "
+               "errors='warn'/'ignore'")
+    # the row checks (and the (n, dv) pass of bad_rows) run only when a report can be due
+    if opts.errors != "ignore" and due_():
+        bad = bad_rows()
+        if bool(xp.any(bad)):
+            if opts.message is not None:
+                msg = opts.message(xp, bad, r)
+            else:
+                count = int(xp.sum(xp.astype(bad, xp.int64)))
+                msg = (f"{opts.method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps "
+                       f"{what} (out of {math.prod(r.shape)}); {why}")
+            report(opts.errors, msg, error=opts.error)
+    return valid, all_valid
+
+
+def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, opts: CoreOptions | None = None, *,
+                       key_keep: Any = None, **options: Any) -> tuple[Any, KernelizedResiduals]:
     """Normalised kernelized attention from features; returns ``(out, KernelizedResiduals)``.
 
     Parameters
     ----------
     phi_q, phi_k, v : arrays ``(..., n, D)``, ``(..., m, D)``, ``(..., m, dv)``
         Features (already computed and validated by the caller) and values, one dtype.
-    causal : bool or {"top_left", "bottom_right"}
-    chunk : int
-        Rows per chunk of the causal prefix sums.
+    opts : CoreOptions
+        The resolved options (or give them as keywords, ``**options``: the fields of
+        :class:`CoreOptions`). Nothing is validated here.
     key_keep : boolean array ``(..., m)`` or None
         Key-padding mask, ``True`` = keep.
-    eps : float
-        Added to the normaliser (see the module docstring).
-    on_nonpositive : {"raise", "warn", "ignore"} or callable
-        What to do with normalisers ``<= 0`` that are not empty rows (``"positive"`` rule: with
-        invalid rows); a callable ``report(xp, bad, r)`` raises the caller's own error.
-    normalizer : {"nonzero", "positive"}
-        Which rows are used (see the module docstring).
-    method : str
-        The caller's name, used in error messages.
     """
+    if opts is None:
+        opts = CoreOptions(**options)
     xp = namespace(phi_q, phi_k, v)
     n, m, dv = phi_q.shape[-2], phi_k.shape[-2], v.shape[-1]
     shapes = (tuple(phi_q.shape), tuple(phi_k.shape), tuple(v.shape))
-    offset = _causal_offset(causal, n, m)
+    offset = _causal_offset(opts.causal, n, m)
+    chunk = opts.chunk
     if key_keep is not None:
         phi_k = xp.where(key_keep[..., None], phi_k, 0.0)
     ones = xp.ones((*v.shape[:-1], 1), dtype=v.dtype, device=device(v))
@@ -187,45 +261,10 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, *, causal: Any = False
         phi_q = _pad_rows(xp, phi_q, pad_q, length)
         phi_k = _pad_rows(xp, phi_k, pad_k, length)
         c = _pad_rows(xp, c, pad_k, length)
-        num = causal_dot(phi_q, phi_k, c, chunk=chunk)[..., pad_q:, :]
-    r = num[..., dv] + eps
+        num = _causal_dot(xp, phi_q, phi_k, c, chunk, False)[..., pad_q:, :]
+    r = num[..., dv] + opts.eps
     numer = num[..., :dv]
-    if normalizer == "nonzero":
-        valid = r != 0
-
-        def bad_rows() -> Any:  # only when a report is due and some r <= 0 (sign-indefinite features)
-            return (r < 0) | ((r == 0) & xp.any(numer != 0, axis=-1))
-
-        what = "<= 0"
-        why = ("the feature map is not non-negative (e.g. 'identity'), so the output is not a weighted "
-               "average of the values. Use a non-negative feature map, a larger eps, or "
-               "on_nonpositive='warn'/'ignore'")
-    elif normalizer == "positive":
-        valid = (r > 0) & xp.isfinite(r) & xp.all(xp.isfinite(numer), axis=-1)
-
-        def bad_rows() -> Any:
-            empty = _empty_rows(xp, key_keep, n, m, offset, device(v))
-            return ~valid if empty is None else ~(valid | empty)
-
-        what = "that is not positive and finite"
-        why = "these rows are returned as zeros"
-    else:
-        msg = f"normalizer must be one of {NORMALIZER_RULES}, got {normalizer!r}"
-        raise ValueError(msg)
-    all_valid = bool(xp.all(valid))
-    # the checks (and the (n, dv) pass of bad_rows) run only when a report can be due
-    if on_nonpositive != "ignore" and not (all_valid and (normalizer == "positive" or bool(xp.all(r > 0)))):
-        bad = bad_rows()
-        if bool(xp.any(bad)):
-            if callable(on_nonpositive):
-                on_nonpositive(xp, bad, r)
-            else:
-                count = int(xp.sum(xp.astype(bad, xp.int64)))
-                msg = (f"{method}: {count} query rows have a normaliser phi(q_i) . sum_j phi(k_j) + eps "
-                       f"{what} (out of {math.prod(r.shape)}); {why}")
-                if on_nonpositive == "raise":
-                    raise ValueError(msg)
-                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    valid, all_valid = _check_normalizers(xp, r, numer, key_keep, n, m, offset, device(v), opts)
     if all_valid:  # the common case (every row has a usable normaliser): one division
         out = numer / r[..., None]
     else:

@@ -12,6 +12,10 @@ over ``j >= i`` instead. Computed in chunks of ``chunk`` rows: inside a chunk th
 so the extra memory is ``O(chunk^2 + chunk (D + e) + D e)`` per batch element and never
 ``O(n D e)`` (Katharopoulos et al. 2020 materialise the prefix sums; chunking avoids that).
 
+:func:`causal_dot` validates its arguments and calls the implementation :func:`_causal_dot`, which
+assumes valid input (the kernelized core and :func:`causal_dot_backward` call it directly, so
+nothing is validated twice and the backward validates nothing).
+
 Backward (``G`` the cotangent of the output):
 ``dA = causal_dot(G, C, B)``, ``dB = causal_dot(C, G, A, reverse=True)``,
 ``dC = causal_dot(B, A, G, reverse=True)``, each the same kernel.
@@ -21,14 +25,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .._xp import (
-    broadcast_shapes,
-    check_float_array,
-    check_positive_int,
-    check_same_namespace_device,
-    device,
-    namespace,
-)
+from .._checks import check_flag, check_int
+from .._xp import broadcast_shapes, check_float_array, check_same_namespace_device, device, namespace
 
 __all__ = ["causal_dot", "causal_dot_backward", "CausalDotGrads", "DEFAULT_CHUNK"]
 
@@ -57,7 +55,7 @@ def _validate(xp: Any, a: Any, b: Any, c: Any, chunk: Any) -> None:
                f"{tuple(a.shape)}, {tuple(b.shape)}, {tuple(c.shape)}")
         raise ValueError(msg)
     broadcast_shapes(a.shape[:-2], b.shape[:-2], c.shape[:-2], names=("a", "b", "c"))
-    check_positive_int("chunk", chunk)
+    check_int("chunk", chunk, minimum=1)
 
 
 def causal_dot(a: Any, b: Any, c: Any, /, *, chunk: int = DEFAULT_CHUNK, reverse: bool = False) -> Any:
@@ -69,6 +67,11 @@ def causal_dot(a: Any, b: Any, c: Any, /, *, chunk: int = DEFAULT_CHUNK, reverse
     """
     xp = namespace(a, b, c)
     _validate(xp, a, b, c, chunk)
+    return _causal_dot(xp, a, b, c, chunk, check_flag("reverse", reverse))
+
+
+def _causal_dot(xp: Any, a: Any, b: Any, c: Any, chunk: int, reverse: bool) -> Any:
+    """The implementation of :func:`causal_dot` (valid input assumed)."""
     if reverse:
         a, b, c = (xp.flip(x, axis=-2) for x in (a, b, c))
     n = a.shape[-2]
@@ -94,9 +97,10 @@ def causal_dot(a: Any, b: Any, c: Any, /, *, chunk: int = DEFAULT_CHUNK, reverse
 def causal_dot_backward(a: Any, b: Any, c: Any, g: Any, /, *, chunk: int = DEFAULT_CHUNK,
                         reverse: bool = False) -> CausalDotGrads:
     """Cotangents of ``causal_dot(a, b, c)`` for the output cotangent ``g`` (shapes before
-    un-broadcasting: the caller reduces broadcast batch axes)."""
+    un-broadcasting: the caller reduces broadcast batch axes). Validates nothing (a backward)."""
+    xp = namespace(a, b, c, g)
     return CausalDotGrads(
-        causal_dot(g, c, b, chunk=chunk, reverse=reverse),
-        causal_dot(c, g, a, chunk=chunk, reverse=not reverse),
-        causal_dot(b, a, g, chunk=chunk, reverse=not reverse),
+        _causal_dot(xp, g, c, b, chunk, reverse),
+        _causal_dot(xp, c, g, a, chunk, not reverse),
+        _causal_dot(xp, b, a, g, chunk, not reverse),
     )

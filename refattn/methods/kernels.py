@@ -39,7 +39,12 @@ key. A query row whose normaliser is exactly 0 returns **zeros, with zero gradie
 never NaN. There is no ``eps`` in the denominator (the paper's formula has none).
 
 The normalised assembly (numerator, normaliser, key padding, causal prefix sums, zero rows) is the
-shared kernelized core :func:`refattn.methods._kernelized.kernelized_forward` (``eps = 0``).
+shared kernelized core :func:`refattn.methods._kernelized.kernelized_forward` (``eps = 0``, nothing
+to report: ``errors="ignore"``).
+
+Validation: :func:`forward` validates the inputs and weights and resolves the options once into
+:class:`Options`; :func:`_forward` assumes both. The one data-dependent step is :func:`_check_data`,
+the weights' finiteness (always run; ``check_finite`` governs ``q, k, v``).
 
 Backward (``den_i = phi(q_i) . z``, ``z = sum_j phi(k_j)``, ``S = sum_j phi(k_j) v_j^T``, ``delta_i =
 O_i . dO_i``): with the augmented values ``[V, 1]`` the numerator and normaliser are one product
@@ -68,16 +73,17 @@ from __future__ import annotations
 import math
 from collections import namedtuple
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .. import random as _random
+from .._checks import check_flag, check_int
 from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
 from .._registry import QKV, Array, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
-    check_positive_int,
     check_same_namespace_device,
     compute_dtype,
     device,
@@ -87,7 +93,7 @@ from .._xp import (
 )
 from .._xp import check_finite as _check_finite_array
 from ..cost import Cost
-from ._kernelized import KernelizedResiduals, kernelized_backward, kernelized_flops, kernelized_forward
+from ._kernelized import CoreOptions, KernelizedResiduals, kernelized_backward, kernelized_flops, kernelized_forward
 from ._prefix import DEFAULT_CHUNK
 
 __all__ = ["kernel_attention", "forward", "backward", "cost", "Residuals", "grads_type", "KINDS", "feature_map",
@@ -148,8 +154,8 @@ def _softplus(xp: Any, a: Any) -> tuple[Any, Any]:
     ``log1p(e) = log(u) - log(1 + c / (1 + e))``. Dropping the second-order term and the factor
     ``1 / (1 + e)`` leaves an error ``<= |c| e / (1 + e) <= (ulp(1) / 2) e / (1 + e)``, less than half
     an ulp of ``log1p(e) >= e / (1 + e)``: a few ulps in all, for every ``e`` in ``[0, 1]`` (``e``
-    exactly when ``1 + e`` rounds to 1). This replaces one ``log1p`` (NumPy's is 2.5x slower than
-    its ``log`` in float32) by a ``log`` and three cheap passes; no ``where`` (NumPy's is slow on
+    exactly when ``1 + e`` rounds to 1). This replaces one ``log1p`` (NumPy's is slower than its
+    ``log`` in float32: benchmarks/RESULTS.md) by a ``log`` and three cheap passes; no ``where`` (NumPy's is slow on
     unpredictable conditions); ``exp`` computed over its own scratch ``-|a|``
     (:func:`refattn._primitives.exp_consuming`: fresh large temporaries cost page faults).
     """
@@ -293,7 +299,6 @@ def _validate_params(xp: Any, q: Any, units: tuple[str, ...], params: tuple[Any,
             msg = (f"{name}'s leading (head) dimensions {tuple(w.shape[:-2])} do not broadcast against the "
                    f"batch dimensions {batch} of the inputs")
             raise ValueError(msg) from None
-        _check_finite_array(name, w, xp)
     out, pos, d_in = [], 0, q.shape[-1]
     for i, u in enumerate(units):
         ws = params[pos:pos + len(PARAM_NAMES[u])]
@@ -320,7 +325,15 @@ def _validate_params(xp: Any, q: Any, units: tuple[str, ...], params: tuple[Any,
                 raise ValueError(msg)
         out.append((u, tuple(ws)))
         d_in = d_out
+    _check_data(xp, dict(zip(expected, params)))
     return out
+
+
+def _check_data(xp: Any, named: dict[str, Any]) -> None:
+    """The module's one data-dependent step: every weight must be finite (always checked, whatever
+    ``check_finite`` says about the inputs), ``ValueError`` naming the weight."""
+    for name, w in named.items():
+        _check_finite_array(name, w, xp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,20 +366,26 @@ class Residuals(NamedTuple):
         return xp.where(self.core.valid, self.core.r, 1.0)[..., None]
 
 
+@dataclass(frozen=True)
+class Options:
+    """The options of :func:`kernel_attention`, resolved once by :func:`forward`."""
+
+    kernel: tuple[str, ...]  # the unit names
+    core: CoreOptions  # causal, chunk, eps = 0, nothing to report
+
+
 def forward(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: Any = None,
             causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
-            chunk: int = DEFAULT_CHUNK, check_finite: bool = False) -> tuple[Any, Residuals]:
+            chunk: int = DEFAULT_CHUNK, check_finite: bool = True) -> tuple[Any, Residuals]:
     """Forward pass of :func:`kernel_attention`; returns ``(out, Residuals)``."""
-    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_finite,
+    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_flag("check_finite", check_finite),
                              extra={"mask": mask, "key_lengths": key_lengths})
     units_names = _parse_kernel(kernel)
     if scale is not None:
         msg = (f"scale must be None: kernelized attention has no logit scale (fold an input scaling into the "
                f"first weight), got {scale!r}")
         raise ValueError(msg)
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk <= 0:
-        msg = f"chunk must be a positive integer, got {chunk!r}"
-        raise ValueError(msg)
+    chunk = check_int("chunk", chunk, minimum=1)
     units = _validate_params(xp, q, units_names, params, batch)
     n, m = q.shape[-2], k.shape[-2]
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch,
@@ -377,6 +396,16 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: 
                f"got n = {n}, m = {m}")
         raise ValueError(msg)
     keep = key_padding_keep(xp, spec, device(q), method="kernel_attention")
+    # positive features: the normaliser is >= 0, exactly 0 only for empty rows or underflow, and such
+    # rows are zeros with zero gradient ("nonzero" rule, eps = 0, nothing to report)
+    opts = Options(units_names, CoreOptions(causal=is_causal, chunk=chunk, eps=0.0, errors="ignore",
+                                            method="kernel_attention"))
+    return _forward(xp, q, k, v, params, units, keep, opts)
+
+
+def _forward(xp: Any, q: Any, k: Any, v: Any, params: tuple[Any, ...], units: list[tuple[str, tuple[Any, ...]]],
+             keep: Any, opts: Options) -> tuple[Any, Residuals]:
+    """The implementation of :func:`forward` (valid input and resolved options assumed)."""
     dtype = q.dtype
     work = compute_dtype(xp, dtype)
     shapes = tuple(tuple(a.shape) for a in (q, k, v, *params))
@@ -385,11 +414,8 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: 
         units = [(u, tuple(xp.astype(w, work) for w in ws)) for u, ws in units]
     fq, cq = _phi_forward(xp, q, units)
     fk, ck = _phi_forward(xp, k, units)
-    # positive features: the normaliser is >= 0, exactly 0 only for empty rows or underflow, and such
-    # rows are zeros with zero gradient ("nonzero" rule, eps = 0, nothing to report)
-    out, core = kernelized_forward(fq, fk, v, causal=is_causal, chunk=chunk, key_keep=keep, eps=0.0,
-                                   on_nonpositive="ignore", method="kernel_attention")
-    res = Residuals(units_names, units, cq, ck, core, dtype, shapes)
+    out, core = kernelized_forward(fq, fk, v, opts.core, key_keep=keep)
+    res = Residuals(opts.kernel, units, cq, ck, core, dtype, shapes)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 
@@ -437,7 +463,7 @@ def _square_if_causal(shape: Any, kind: str) -> Any:
     oracle_options={"kernel": "glu"}, adapt_shape=_square_if_causal, has_scale=False))
 def kernel_attention(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: Any = None,
                      causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
-                     chunk: int = DEFAULT_CHUNK, check_finite: bool = False) -> Any:
+                     chunk: int = DEFAULT_CHUNK, check_finite: bool = True) -> Any:
     r"""Kernelized attention with a trainable feedforward feature map (Yorsh & Kovalenko).
 
     ``O_i = phi(q_i)^T sum_j phi(k_j) v_j^T / (phi(q_i)^T sum_j phi(k_j))``; see the module docstring.
@@ -458,7 +484,9 @@ def kernel_attention(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu
     chunk : int
         Chunk length of the causal prefix-sum kernel.
     check_finite : bool
-        Also reject NaN/inf in ``q, k, v`` (weights are always checked).
+        ``True`` (default): reject NaN/inf in ``q, k, v`` with ``ValueError`` naming the argument;
+        ``False`` skips that pass (non-finite values then propagate). The weights are always checked
+        (:func:`_check_data`).
 
     Returns
     -------
@@ -535,15 +563,14 @@ def orthogonality_penalty(w: Any, /) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 def _dims(units: tuple[str, ...], d: int, d_out: int | None, rank: int | None) -> list[tuple[str, int, int, int]]:
-    check_positive_int("d", d)
-    check_positive_int("d_out", d_out, allow_none=True)
+    check_int("d", d, minimum=1)
+    check_int("d_out", d_out, minimum=1, allow_none=True)
     dims, d_in = [], d
     for u in units:
         do = d_out if d_out is not None else d_in
         r = (rank if rank is not None else default_rank(d_in)) if u == "aoglu" else 0
-        if u == "aoglu" and (isinstance(r, bool) or not isinstance(r, int) or r <= 0):
-            msg = f"rank must be a positive integer, got {rank!r}"
-            raise ValueError(msg)
+        if u == "aoglu":
+            check_int("rank", r, minimum=1)
         dims.append((u, d_in, do, r))
         d_in = do
     return dims
@@ -554,9 +581,6 @@ def parameter_count(kernel: Any, d: int, *, rank: int | None = None, d_out: int 
     stack chain ``d_out -> d_in``): FFN ``d d_out``, GLU/OGLU ``2 d d_out``, AOGLU
     ``d d_out + r (d + d_out)`` with ``r = d/4`` by default (so ``1.5 d^2`` against GLU's ``2 d^2``:
     25% fewer, exactly, for ``d`` divisible by 4). No biases: the paper's units have none."""
-    if isinstance(d, bool) or not isinstance(d, int) or d <= 0:
-        msg = f"d must be a positive integer, got {d!r}"
-        raise ValueError(msg)
     total = 0
     for u, di, do, r in _dims(_parse_kernel(kernel), d, d_out, rank):
         total += di * do if u == "ffn" else 2 * di * do if u in ("glu", "oglu") else di * do + r * (di + do)

@@ -23,7 +23,8 @@ Choices (the paper is silent or differs from its code):
 - ``scale`` multiplies the queries before the feature map, ``phi(s q)``; ``None`` means ``s = 1``:
   Katharopoulos et al. do not scale (``1/sqrt(d)`` is *not* the default here, unlike softmax).
 - Normalisers ``<= 0`` (possible only for sign-indefinite maps such as ``"identity"``) raise by
-  default; ``on_nonpositive="warn"`` / ``"ignore"`` compute the ratio anyway. A query that sees no
+  default; ``errors="warn"`` / ``"ignore"`` compute the ratio anyway (``on_nonpositive``, the
+  former name, still works with a ``DeprecationWarning``). A query that sees no
   key (every key padded, or ``causal="bottom_right"`` with ``m < n``) returns zeros with zero
   gradient when ``eps = 0``, and ``0 / eps = 0`` otherwise. See :mod:`refattn.methods._kernelized`.
 - Tiny normalisers (e.g. ``elu+1`` features of large negative ``q``, ``k``, where ``phi = exp``):
@@ -45,6 +46,12 @@ Cost: non-causal ``O((n + m) d dv)`` time and ``O(d dv)`` state; causal through 
 sums of :func:`refattn.methods._prefix.causal_dot`, ``O(n (chunk + d) dv)`` time and
 ``O(chunk^2 + chunk (d + dv) + d dv)`` extra memory per batch element, never ``O(n d dv)``.
 
+Validation and data-dependent checks: :func:`forward` validates the inputs and resolves every
+option once into :class:`Options`; :func:`_forward` (and :func:`_efficient_forward`) assume both.
+The one data-dependent step is the kernelized core's normaliser check
+(:func:`refattn.methods._kernelized._check_normalizers`); the input finiteness pass is
+``check_finite``'s.
+
 Backward: the cotangents of the features come from the core (``kernelized_backward``), then
 ``dq = s * phi'(s q) * dphi_q`` and ``dk = phi'(k) * dphi_k`` elementwise.
 
@@ -60,8 +67,10 @@ Efficient attention (Shen, Zhang, Zhao, Yi & Li, WACV 2021, arXiv 1812.01243; th
 ``K``); no ``1/sqrt(d)`` (``scale=None`` means ``s = 1``, as in the code). ``normalization="scaling"``:
 ``rho_q(Y) = rho_k(Y) = Y / sqrt(m)``, which makes the output exactly ``(s Q K^T / m) V``, the
 dot-product attention with *scaling* normalisation (Shen's equivalence statement; ``m`` = number
-of key positions, Shen's ``n`` in self-attention). Padded keys get ``rho_k = 0``; a batch element
-with every key padded returns zeros. Causal masking is rejected (``rho_k`` normalises over the
+of key positions, Shen's ``n`` in self-attention). Padded keys get ``rho_k = 0``; ``m`` stays the
+number of key positions ``k.shape[-2]``, padded ones included (not the number of kept keys), so with
+key padding the output is ``(s Q K_kept^T / m) V``. A batch element with every key padded returns
+zeros. Causal masking is rejected (``rho_k`` normalises over the
 whole sequence).
 
 Efficient attention with softmax normalisation is **not** an approximation of softmax attention:
@@ -78,23 +87,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .._checks import check_choice, check_flag, check_int, check_real, legacy_policy
 from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
 from .._registry import Method, declare
-from .._xp import (
-    check_positive_int,
-    device,
-    namespace,
-    resolve_scale,
-    to_working,
-    unbroadcast,
-    validate_qkv,
-)
+from .._xp import compute_dtype, device, namespace, resolve_scale, to_working, unbroadcast, validate_qkv
 from ._kernelized import (
     DEFAULT_CHUNK,
-    NONPOSITIVE_CHOICES,
+    CoreOptions,
     KernelizedResiduals,
     kernelized_backward,
     kernelized_flops,
@@ -187,13 +190,6 @@ def _resolve_feature_map(feature_map: Any) -> FeatureMap:
                       lambda xp, x, y: checked(user_dphi, "dphi", x), None)
 
 
-def _check_eps(eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        msg = f"eps must be a finite real number >= 0 (added to the normaliser), got {eps!r}"
-        raise ValueError(msg)
-    return float(eps)
-
-
 def _linear_scale(scale: Any, d: int) -> float:
     return 1.0 if scale is None else resolve_scale(scale, d)
 
@@ -221,30 +217,47 @@ class Grads(NamedTuple):
     dv: Any
 
 
+@dataclass(frozen=True)
+class Options:
+    """The options of :func:`linear_attention`, resolved once by :func:`forward`."""
+
+    fmap: FeatureMap
+    scale: float  # s (1 when scale=None)
+    core: CoreOptions  # causal, chunk, eps, failure policy of the kernelized core
+
+
+def _options(d: int, *, causal: Any, scale: Any, feature_map: Any, eps: Any, chunk: Any, errors: Any,
+             on_nonpositive: Any) -> Options:
+    policy = legacy_policy(errors, {"on_nonpositive": on_nonpositive})
+    core = CoreOptions(causal=causal, chunk=check_int("chunk", chunk, minimum=1),
+                       eps=check_real("eps", eps, minimum=0.0, what="added to the normaliser"),
+                       errors=policy, method="linear attention")
+    return Options(_resolve_feature_map(feature_map), _linear_scale(scale, d), core)
+
+
 def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
             scale: float | None = None, key_lengths: Any = None, feature_map: Any = "elu+1",
-            eps: float = DEFAULT_EPS, chunk: int = DEFAULT_CHUNK, on_nonpositive: str = "raise",
-            check_finite: bool = False) -> tuple[Any, Residuals]:
+            eps: float = DEFAULT_EPS, chunk: int = DEFAULT_CHUNK, errors: str | None = None,
+            on_nonpositive: str | None = None, check_finite: bool = True) -> tuple[Any, Residuals]:
     """Linear attention forward pass; returns ``(out, Residuals)``. See :func:`linear_attention`."""
-    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_finite,
+    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_flag("check_finite", check_finite),
                              extra={"mask": mask, "key_lengths": key_lengths})
-    fmap = _resolve_feature_map(feature_map)
-    eps = _check_eps(eps)
-    check_positive_int("chunk", chunk)
-    if on_nonpositive not in NONPOSITIVE_CHOICES:
-        msg = f"on_nonpositive must be one of {NONPOSITIVE_CHOICES}, got {on_nonpositive!r}"
-        raise ValueError(msg)
-    n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
-    s = _linear_scale(scale, d)
+    opts = _options(q.shape[-1], causal=causal, scale=scale, feature_map=feature_map, eps=eps, chunk=chunk,
+                    errors=errors, on_nonpositive=on_nonpositive)
+    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=q.shape[-2], m=k.shape[-2],
+                     batch=batch, dtype=compute_dtype(xp, q.dtype))
+    keep = key_padding_keep(xp, spec, device(q), method="linear attention")
+    return _forward(xp, q, k, v, keep, opts)
+
+
+def _forward(xp: Any, q: Any, k: Any, v: Any, keep: Any, opts: Options) -> tuple[Any, Residuals]:
+    """The implementation of :func:`forward` (valid input and resolved options assumed)."""
     dtype = q.dtype
     work, (q, k, v) = to_working(xp, q, k, v)
-    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
-                     batch=batch, dtype=work)
-    keep = key_padding_keep(xp, spec, device(q), method="linear attention")
+    s, fmap = opts.scale, opts.fmap
     qs = q * s if s != 1.0 else q
     phi_q, phi_k = fmap.phi(xp, qs), fmap.phi(xp, k)
-    out, core = kernelized_forward(phi_q, phi_k, v, causal=causal, chunk=chunk, key_keep=keep, eps=eps,
-                                   on_nonpositive=on_nonpositive, method="linear attention")
+    out, core = kernelized_forward(phi_q, phi_k, v, opts.core, key_keep=keep)
     shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))
     res = Residuals(core, qs, k, phi_q, phi_k, fmap, s, dtype, shapes)
     return (xp.astype(out, dtype) if work != dtype else out), res
@@ -279,11 +292,9 @@ def cost(n: int, m: int, d: int, dv: int, *, batch: int = 1, feature_map: Any = 
     ``2 (n + m) d (dv + 1) + n + n dv``, causal the chunked prefix-sum count.
     """
     for name, val in (("n", n), ("m", m), ("d", d), ("dv", dv)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-            msg = f"{name} must be a non-negative integer, got {val!r}"
-            raise ValueError(msg)
-    check_positive_int("batch", batch)
-    check_positive_int("chunk", chunk)
+        check_int(name, val, minimum=0)
+    check_int("batch", batch, minimum=1)
+    check_int("chunk", chunk, minimum=1)
     if feature_map_cost is None:
         fmap = _resolve_feature_map(feature_map)
         if fmap.cost is None:
@@ -314,8 +325,8 @@ def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
     error_model="refattn._oracle:linear_error_bound"))
 def linear_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
                      scale: float | None = None, key_lengths: Any = None, feature_map: Any = "elu+1",
-                     eps: float = DEFAULT_EPS, chunk: int = DEFAULT_CHUNK, on_nonpositive: str = "raise",
-                     check_finite: bool = False) -> Any:
+                     eps: float = DEFAULT_EPS, chunk: int = DEFAULT_CHUNK, errors: str | None = None,
+                     on_nonpositive: str | None = None, check_finite: bool = True) -> Any:
     r"""Kernelized linear attention ``phi(sQ) S / (phi(sQ) z + eps)`` (Katharopoulos et al. 2020).
 
     Parameters
@@ -336,10 +347,15 @@ def linear_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: boo
         Added to the normaliser (``>= 0``; default ``1e-6`` as in fast-transformers).
     chunk : int
         Rows per chunk of the causal prefix sums (memory ``O(chunk^2 + chunk (d + dv) + d dv)``).
-    on_nonpositive : {"raise", "warn", "ignore"}
-        Normalisers ``<= 0`` (sign-indefinite features): error, ``RuntimeWarning``, or nothing.
+    errors : {"raise", "warn", "ignore"}, optional
+        The failure policy for normalisers ``<= 0`` (sign-indefinite features): ``ValueError``,
+        ``RuntimeWarning`` (the ratio is returned as computed), or nothing. ``None`` (default) means
+        ``"raise"``.
+    on_nonpositive : {"raise", "warn", "ignore"}, optional
+        Deprecated (``DeprecationWarning``): the former name of ``errors``.
     check_finite : bool
-        Reject NaN/inf in q, k, v.
+        ``True`` (default): reject NaN/inf in q, k, v with ``ValueError`` naming the argument;
+        ``False`` skips that pass (non-finite values then propagate to the rows they reach).
 
     Returns
     -------
@@ -351,14 +367,15 @@ def linear_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: boo
         Non-floating or mixed dtypes, mixed libraries, a feature map that is not a name or pair.
     ValueError
         Shape mismatch, an unknown feature map or option, ``eps < 0``, a mask linear attention cannot
-        honour (per query, additive), normalisers ``<= 0`` with ``on_nonpositive="raise"``.
+        honour (per query, additive), non-finite inputs (``check_finite=True``), normalisers ``<= 0``
+        with ``errors="raise"``.
 
     References
     ----------
     Katharopoulos, Vyas, Pappas, Fleuret 2020 (arXiv 2006.16236); survey 001, sec. 2.2.
     """
     return forward(q, k, v, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
-                   feature_map=feature_map, eps=eps, chunk=chunk, on_nonpositive=on_nonpositive,
+                   feature_map=feature_map, eps=eps, chunk=chunk, errors=errors, on_nonpositive=on_nonpositive,
                    check_finite=check_finite)[0]
 
 
@@ -381,24 +398,28 @@ class EfficientResiduals(NamedTuple):
 
 def efficient_forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
                       scale: float | None = None, key_lengths: Any = None, normalization: str = "softmax",
-                      check_finite: bool = False) -> tuple[Any, EfficientResiduals]:
+                      check_finite: bool = True) -> tuple[Any, EfficientResiduals]:
     """Efficient attention forward pass; returns ``(out, EfficientResiduals)``. See :func:`efficient_attention`."""
-    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_finite,
+    xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_flag("check_finite", check_finite),
                              extra={"mask": mask, "key_lengths": key_lengths})
-    if normalization not in NORMALIZATIONS:
-        msg = f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
-        raise ValueError(msg)
-    n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
-    s = _linear_scale(scale, d)
-    dtype = q.dtype
-    work, (q, k, v) = to_working(xp, q, k, v)
-    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
-                     batch=batch, dtype=work)
+    normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+    s = _linear_scale(scale, q.shape[-1])
+    spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=q.shape[-2], m=k.shape[-2],
+                     batch=batch, dtype=compute_dtype(xp, q.dtype))
     if spec.causal_offset is not None:
         msg = ("efficient attention cannot be causal: rho_k normalises each key feature over the whole "
                "sequence, so every output depends on every key; use linear_attention(causal=True)")
         raise ValueError(msg)
     keep = key_padding_keep(xp, spec, device(q), method="efficient attention")
+    return _efficient_forward(xp, q, k, v, keep, normalization, s)
+
+
+def _efficient_forward(xp: Any, q: Any, k: Any, v: Any, keep: Any, normalization: str,
+                       s: float) -> tuple[Any, EfficientResiduals]:
+    """The implementation of :func:`efficient_forward` (valid input and options assumed)."""
+    m = k.shape[-2]
+    dtype = q.dtype
+    work, (q, k, v) = to_working(xp, q, k, v)
     qs = q * s if s != 1.0 else q
     if normalization == "softmax":
         rho_q = softmax_axis(xp, qs, -1)
@@ -407,7 +428,7 @@ def efficient_forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
         else:
             rho_k = softmax_axis(xp, k, -2, None if keep is None else keep[..., None])
     else:
-        c = 1.0 / math.sqrt(m) if m else 1.0
+        c = 1.0 / math.sqrt(m) if m else 1.0  # m: key positions, padded ones included
         rho_q = qs * c
         rho_k = k * c
         if keep is not None:
@@ -453,10 +474,8 @@ def efficient_cost(n: int, m: int, d: int, dv: int, *, batch: int = 1, normaliza
     then ``2 m d dv`` (``rho_k^T V``) and ``2 n d dv`` (``rho_q S``). This is the survey's
     ``O(d^2 n)`` (with ``dv = d``, ``n = m``).
     """
-    if normalization not in NORMALIZATIONS:
-        msg = f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
-        raise ValueError(msg)
-    check_positive_int("batch", batch)
+    check_choice("normalization", normalization, NORMALIZATIONS)
+    check_int("batch", batch, minimum=1)
     flops = n * d if _linear_scale(scale, d) != 1.0 else 0
     trans = 0
     if normalization == "softmax":
@@ -486,7 +505,7 @@ def _efficient_closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
     error_model="refattn._oracle:efficient_error_bound"))
 def efficient_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str = False,
                         scale: float | None = None, key_lengths: Any = None, normalization: str = "softmax",
-                        check_finite: bool = False) -> Any:
+                        check_finite: bool = True) -> Any:
     r"""Efficient attention ``rho_q(sQ) (rho_k(K)^T V)`` (Shen et al., WACV 2021).
 
     Not an approximation of softmax attention (see the module docstring); the implied attention
@@ -504,8 +523,11 @@ def efficient_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: 
     key_lengths : integer array, optional
     normalization : {"softmax", "scaling"}
         ``"softmax"``: ``rho_q`` softmax over features, ``rho_k`` softmax over positions;
-        ``"scaling"``: ``rho(Y) = Y / sqrt(m)``, giving exactly ``(s Q K^T / m) V``.
+        ``"scaling"``: ``rho(Y) = Y / sqrt(m)``, giving exactly ``(s Q K^T / m) V``, ``m`` the
+        number of key positions ``k.shape[-2]`` (padded keys included; they get ``rho_k = 0``).
     check_finite : bool
+        ``True`` (default): reject NaN/inf in q, k, v with ``ValueError`` naming the argument;
+        ``False`` skips that pass (non-finite values then propagate).
 
     Returns
     -------

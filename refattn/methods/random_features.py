@@ -18,11 +18,13 @@ With ``w_l ~ N(0, I_d)``: ``E[phi_+(x) . phi_+(y)] = E[phi_hyp+(x) . phi_hyp+(y)
 ``E[phi_trig(x) . phi_trig(y)] = exp(-|x - y|^2 / 2)`` (the Gaussian kernel), so
 ``exp(|x|^2/2 + |y|^2/2) phi_trig(x) . phi_trig(y)`` is the trigonometric estimator of ``exp(x . y)``.
 
-**Stabilised exponential features** (``stabilize="row"`` or ``"all"``): the exponent
-``t = u - |x|^2/2`` (for hyp+ both halves) is shifted by its maximum ``c`` over the last axis
-(``"row"``: one ``c`` per row ``x_i``) or over the last two axes (``"all"``: one ``c`` per batch
-element), so the map returns exactly ``phi(x) * exp(-c)`` and every exponent is ``<= 0`` (no
-overflow; the largest entry is exactly ``D^{-1/2}``). Its backward is the exact derivative of that
+**Stabilised exponential features** (``max_shift="row"`` or ``"all"``; the former name
+``stabilize=`` still works with a ``DeprecationWarning``): the exponent ``t = u - |x|^2/2`` (for hyp+
+both halves) is shifted by its maximum ``c`` over the last axis (``"row"``: one ``c`` per row
+``x_i``) or over the last two axes (``"all"``: one ``c`` per batch element), so the map returns
+exactly ``phi(x) * exp(-c)`` and every exponent is ``<= 0`` (no overflow; the largest entry is
+exactly the map's coefficient: ``D^{-1/2}`` for positive features, ``(2D)^{-1/2}`` for hyperbolic
+features, whose ``2D`` outputs share the coefficient ``(2D)^{-1/2}``). Its backward is the exact derivative of that
 function, max included: ``dt = g*phi - s * sum(g*phi)`` over the reduced axes, where ``s`` is the
 indicator of the maximising entries divided by their number (exact wherever the maximum is attained
 once, which holds almost surely; at ties it averages the one-sided derivatives).
@@ -78,9 +80,19 @@ unstabilised exponents above ``log(max float)`` are refused with a ``ValueError`
 terms; it can only reach 0 by underflow). Trigonometric features can give a zero or negative
 denominator (and then a meaningless output). Every row's denominator is checked: one that is not
 positive and finite raises :class:`NonPositiveNormalizerError` (a ``ValueError``) saying how many
-rows and why, unless ``invalid_normalizer="zero"``, which returns zeros for those rows (with zero
-gradient). Rows that see no key at all (every key masked) return zeros with zero gradient, as in
-:mod:`refattn.methods.softmax`.
+rows and why, under the failure policy ``errors="raise"`` (default); ``"warn"`` emits the message as
+a ``RuntimeWarning``, ``"ignore"`` says nothing. Those rows then return the fallback
+``invalid_rows``: ``"zero"`` (default; zeros with zero gradient) or ``"ratio"`` (the ratio as
+computed). The deprecated ``invalid_normalizer="zero"`` is ``errors="ignore"``. Rows that see no key
+at all (every key masked) return zeros with zero gradient, as in :mod:`refattn.methods.softmax`.
+
+**Validation and data-dependent checks.** :func:`forward` validates the inputs and resolves every
+option once into :class:`Options`; :func:`_forward` assumes both and never validates. Its one
+data-dependent step is :func:`_check_data`, before any ``exp``: zero-norm rows with ``normalize``
+and, without the stabiliser, exponents whose ``exp`` overflows (the random-feature maximum, one
+``max`` read back per exponent array). The normaliser check is the core's
+(:func:`refattn.methods._kernelized._check_normalizers`). The feature maps' one data-dependent step
+is :func:`_check_exponents` (``max_shift=None`` only).
 
 Backward
 --------
@@ -120,15 +132,18 @@ Theorem 2. Paper 001 (survey), sec. 2.4.
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from .._checks import check_choice, check_flag, check_int, check_real, legacy_policy
 from .._masks import key_padding_keep, make_mask
 from .._registry import QKV, Array, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
-    check_positive_int,
     check_same_namespace_device,
+    compute_dtype,
     device,
     namespace,
     resolve_scale,
@@ -138,7 +153,13 @@ from .._xp import (
 )
 from .._xp import check_finite as _check_finite_array
 from ..cost import Cost
-from ._kernelized import KernelizedResiduals, kernelized_backward, kernelized_flops, kernelized_forward
+from ._kernelized import (
+    CoreOptions,
+    KernelizedResiduals,
+    kernelized_backward,
+    kernelized_flops,
+    kernelized_forward,
+)
 from ._prefix import DEFAULT_CHUNK
 
 __all__ = [
@@ -146,13 +167,13 @@ __all__ = [
     "trig_features", "positive_features", "hyperbolic_features",
     "trig_features_forward", "positive_features_forward", "hyperbolic_features_forward",
     "features_backward", "FeatureResiduals", "FeatureGrads",
-    "NonPositiveNormalizerError", "FEATURES", "KERNELS",
+    "NonPositiveNormalizerError", "FEATURES", "KERNELS", "MAX_SHIFTS", "INVALID_ROWS",
 ]
 
 FEATURES = ("positive", "hyperbolic", "trig")
 KERNELS = ("softmax", "gaussian")
-_STABILIZE_MAP = (None, "row", "all")
-_INVALID = ("raise", "zero")
+MAX_SHIFTS = (None, "row", "all")  # the feature maps' max_shift choices
+INVALID_ROWS = ("zero", "ratio")  # the attention's fallback for rows with an invalid normaliser
 
 
 class NonPositiveNormalizerError(ValueError):
@@ -181,17 +202,19 @@ def _exp_limit(xp: Any, dtype: Any) -> float:
     return math.log(float(xp.finfo(dtype).max))
 
 
-def _check_exponent(xp: Any, t: Any, what: str) -> None:
-    """Unstabilised path: refuse exponents whose exp overflows (instead of returning inf/NaN)."""
-    if math.prod(t.shape) == 0:
-        return
-    top = float(xp.max(t))
-    lim = _exp_limit(xp, t.dtype)
-    if top > lim:
-        msg = (f"exp overflows in the {what}: the largest exponent is {top:.6g} > log(max {t.dtype}) "
-               f"= {lim:.6g}; pass stabilize=True (its shift cancels exactly in the normaliser) or "
-               "reduce the norms of the inputs")
-        raise ValueError(msg)
+def _check_exponents(xp: Any, exponents: list[tuple[Any, str]], fix: str = "stabilize=True") -> None:
+    """The one data-dependent step of the unstabilised exponential features: refuse exponents whose
+    exp overflows (instead of returning inf/NaN), one ``max`` read back per exponent array."""
+    for t, what in exponents:
+        if math.prod(t.shape) == 0:
+            continue
+        top = float(xp.max(t))
+        lim = _exp_limit(xp, t.dtype)
+        if top > lim:
+            msg = (f"exp overflows in the {what}: the largest exponent is {top:.6g} > log(max {t.dtype}) "
+                   f"= {lim:.6g}; pass {fix} (its shift cancels exactly in the normaliser) or "
+                   "reduce the norms of the inputs")
+            raise ValueError(msg)
 
 
 def _sq_half(xp: Any, x: Any) -> Any:
@@ -241,20 +264,23 @@ def _phi(xp: Any, kind: str, u: Any, t: Any, n_freq: int) -> Any:
     return xp.exp(t) * (1.0 / math.sqrt(n_freq if kind == "positive" else 2 * n_freq))
 
 
-def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
-                     check: bool) -> tuple[Any, FeatureResiduals]:
+def _feature_forward(kind: str, x: Any, w: Any, max_shift: Any, check: Any) -> tuple[Any, FeatureResiduals]:
+    """Validate (arrays, ``max_shift``, ``check_finite``), then :func:`_feature_impl`."""
     xp = namespace(x, w)
     check_same_namespace_device({"x": x, "W": w}, xp, "x")
     check_float_array("x", x, xp, ndim_min=2)
     _check_w(xp, w, d=x.shape[-1], dtype=x.dtype, ref_name="x")
     broadcast_shapes(x.shape[:-2], w.shape[:-2], names=("x", "W"))
-    if stabilize not in _STABILIZE_MAP or (kind == "trig" and stabilize is not None):
-        allowed = (None,) if kind == "trig" else _STABILIZE_MAP
-        msg = f"stabilize must be one of {allowed} for {kind} features, got {stabilize!r}"
-        raise ValueError(msg)
-    if check:
+    max_shift = check_choice(f"max_shift for {kind} features", max_shift,
+                             (None,) if kind == "trig" else MAX_SHIFTS)
+    if check_flag("check_finite", check):
         _check_finite_array("x", x, xp)
         _check_finite_array("W", w, xp)
+    return _feature_impl(xp, kind, x, w, max_shift)
+
+
+def _feature_impl(xp: Any, kind: str, x: Any, w: Any, max_shift: str | None) -> tuple[Any, FeatureResiduals]:
+    """The feature maps' implementation (valid input assumed)."""
     dtype = x.dtype
     shapes = (tuple(x.shape), tuple(w.shape))
     work, (x, w) = to_working(xp, x, w)
@@ -263,10 +289,10 @@ def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
     share = None
     axes: tuple[int, ...] = ()
     if kind != "trig":
-        if stabilize is None:
-            _check_exponent(xp, t, f"{kind} features")
+        if max_shift is None:
+            _check_exponents(xp, [(t, f"{kind} features")], fix="max_shift='row' or 'all'")
         elif math.prod(t.shape):
-            axes = (-1,) if stabilize == "row" else (-2, -1)
+            axes = (-1,) if max_shift == "row" else (-2, -1)
             top = xp.max(t, axis=axes, keepdims=True)
             hit = xp.astype(t == top, t.dtype)
             share = hit / xp.sum(hit, axis=axes, keepdims=True)
@@ -274,6 +300,18 @@ def _feature_forward(kind: str, x: Any, w: Any, stabilize: str | None,
     phi = _phi(xp, kind, u, t, n_freq)
     res = FeatureResiduals(kind, x, w, phi, share, axes, dtype, shapes)
     return (xp.astype(phi, dtype) if work != dtype else phi), res
+
+
+def _max_shift(max_shift: Any, stabilize: Any) -> Any:
+    """``max_shift``, or the deprecated ``stabilize`` (its former name) with a ``DeprecationWarning``."""
+    if stabilize is None:
+        return max_shift
+    if max_shift is not None:
+        msg = "give the maximum shift once: max_shift and stabilize were given; use max_shift= alone"
+        raise TypeError(msg)
+    warnings.warn(f"stabilize={stabilize!r} is deprecated for the feature maps; use max_shift={stabilize!r} "
+                  "(stabilize is the attention's True/False flag)", DeprecationWarning, stacklevel=3)
+    return stabilize
 
 
 def features_backward(res: FeatureResiduals, dout: Any, /) -> FeatureGrads:
@@ -293,16 +331,16 @@ def trig_features_forward(x: Any, w: Any, /, *, check_finite: bool = True) -> tu
     return _feature_forward("trig", x, w, None, check_finite)
 
 
-def positive_features_forward(x: Any, w: Any, /, *, stabilize: str | None = None,
+def positive_features_forward(x: Any, w: Any, /, *, max_shift: str | None = None, stabilize: str | None = None,
                               check_finite: bool = True) -> tuple[Any, FeatureResiduals]:
     """Forward of :func:`positive_features`: ``(phi, FeatureResiduals)``."""
-    return _feature_forward("positive", x, w, stabilize, check_finite)
+    return _feature_forward("positive", x, w, _max_shift(max_shift, stabilize), check_finite)
 
 
-def hyperbolic_features_forward(x: Any, w: Any, /, *, stabilize: str | None = None,
+def hyperbolic_features_forward(x: Any, w: Any, /, *, max_shift: str | None = None, stabilize: str | None = None,
                                 check_finite: bool = True) -> tuple[Any, FeatureResiduals]:
     """Forward of :func:`hyperbolic_features`: ``(phi, FeatureResiduals)``."""
-    return _feature_forward("hyperbolic", x, w, stabilize, check_finite)
+    return _feature_forward("hyperbolic", x, w, _max_shift(max_shift, stabilize), check_finite)
 
 
 _FEATURE_DOC = """
@@ -313,7 +351,8 @@ _FEATURE_DOC = """
     W : array ``(..., D, d)``, the projection (rows ``w_l``), same dtype, namespace and device;
         leading dimensions broadcast with ``x``'s.
     {stab}check_finite : bool
-        Reject NaN/inf in ``x`` and ``W`` with a ``ValueError`` (default on).
+        ``True`` (default): reject NaN/inf in ``x`` and ``W`` with a ``ValueError`` naming the
+        argument; ``False`` skips that pass (non-finite values then propagate).
 
     Returns
     -------
@@ -328,9 +367,11 @@ _FEATURE_DOC = """
         non-finite inputs{overflow}.
     """
 
-_STAB_DOC = """stabilize : {None, "row", "all"}
+_STAB_DOC = """max_shift : {None, "row", "all"}
         ``None``: the plain map. ``"row"`` / ``"all"``: return ``phi(x) exp(-c)``, ``c`` the maximum
         exponent per row / per batch element (see the module docstring); exact derivative.
+    stabilize : {None, "row", "all"}
+        Deprecated (``DeprecationWarning``): the former name of ``max_shift``.
     """
 
 
@@ -340,13 +381,16 @@ def trig_features(x: Any, w: Any, /, *, check_finite: bool = True) -> Any:
 
 
 @declare(Function(positive_features_forward, features_backward))
-def positive_features(x: Any, w: Any, /, *, stabilize: str | None = None, check_finite: bool = True) -> Any:
-    return positive_features_forward(x, w, stabilize=stabilize, check_finite=check_finite)[0]
+def positive_features(x: Any, w: Any, /, *, max_shift: str | None = None, stabilize: str | None = None,
+                      check_finite: bool = True) -> Any:
+    return positive_features_forward(x, w, max_shift=max_shift, stabilize=stabilize, check_finite=check_finite)[0]
 
 
 @declare(Function(hyperbolic_features_forward, features_backward))
-def hyperbolic_features(x: Any, w: Any, /, *, stabilize: str | None = None, check_finite: bool = True) -> Any:
-    return hyperbolic_features_forward(x, w, stabilize=stabilize, check_finite=check_finite)[0]
+def hyperbolic_features(x: Any, w: Any, /, *, max_shift: str | None = None, stabilize: str | None = None,
+                        check_finite: bool = True) -> Any:
+    return hyperbolic_features_forward(x, w, max_shift=max_shift, stabilize=stabilize,
+                                       check_finite=check_finite)[0]
 
 
 trig_features.__doc__ = (
@@ -360,12 +404,12 @@ positive_features.__doc__ = (
     ``E_W[phi(x) . phi(y)] = exp(x . y)`` for ``W`` with ``N(0, I)`` rows (iid, or orthogonal with
     chi-distributed norms)."""
     + _FEATURE_DOC.format(stab=_STAB_DOC, out="D",
-                          overflow=", an exponent that overflows exp when ``stabilize=None``"))
+                          overflow=", an exponent that overflows exp when ``max_shift=None``"))
 hyperbolic_features.__doc__ = (
     r"""Hyperbolic positive features ``phi(x) = (2D)^-1/2 [exp(u - |x|^2/2), exp(-u - |x|^2/2)]``,
     ``u = x W^T`` (Performer Lemma 1, ``SM^hyp+``): ``E[phi(x) . phi(y)] = exp(x . y)``."""
     + _FEATURE_DOC.format(stab=_STAB_DOC, out="2D",
-                          overflow=", an exponent that overflows exp when ``stabilize=None``"))
+                          overflow=", an exponent that overflows exp when ``max_shift=None``"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,39 +468,48 @@ def _key_log_weight_sign(features: str, kernel: str) -> float:
     return -1.0 if kernel == "gaussian" else 0.0
 
 
-def _unit(xp: Any, x: Any, name: str) -> tuple[Any, Any]:
+def _unit(xp: Any, x: Any) -> tuple[Any, Any, Any]:
+    """``(x / |x|, |x|, zero)`` per row; ``zero`` is ``None`` when no row has norm 0, else the
+    norms as computed (the zero rows are then divided by 1 and reported by :func:`_check_data`)."""
     norm = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))
-    if bool(xp.any(norm == 0.0)):
+    if not bool(xp.any(norm == 0.0)):
+        return x / norm, norm, None
+    safe = xp.where(norm == 0.0, 1.0, norm)
+    return x / safe, safe, norm
+
+
+def _check_data(xp: Any, opts: Options, zero_rows: list[tuple[Any, str]], exponents: list[tuple[Any, str]]) -> None:
+    """The attention's one data-dependent step, before any ``exp``: rows of zero norm with
+    ``normalize=True`` (``zero_rows``: the norms of an input that has some), and (without the
+    stabiliser) exponents whose ``exp`` overflows. The normaliser check is the kernelized core's
+    (:func:`refattn.methods._kernelized._check_normalizers`)."""
+    for norm, name in zero_rows:
         count = int(xp.sum(xp.astype(norm == 0.0, xp.int64)))
         msg = f"normalize=True needs rows of {name} with non-zero norm, got {count} zero rows"
         raise ValueError(msg)
-    return x / norm, norm
+    if not opts.stabilize:
+        _check_exponents(xp, exponents)
 
 
-def _check_kind(features: str, kernel: str) -> None:
-    if features not in FEATURES:
-        msg = f"features must be one of {FEATURES}, got {features!r}"
-        raise ValueError(msg)
-    if kernel not in KERNELS:
-        msg = f"kernel must be one of {KERNELS}, got {kernel!r}"
-        raise ValueError(msg)
+@dataclass(frozen=True)
+class Options:
+    """The options of :func:`random_feature_attention`, resolved once by :func:`forward`."""
+
+    features: str
+    kernel: str
+    scale: float  # the logit scale s > 0 (from scale or sigma)
+    normalize: bool
+    stabilize: bool
+    core: CoreOptions  # causal, chunk, eps = 0, the "positive" rule, failure policy and fallback
 
 
-def _validate_options(features: str, kernel: str, invalid_normalizer: str, scale: Any,
-                      sigma: Any, d: int) -> float:
-    _check_kind(features, kernel)
-    if invalid_normalizer not in _INVALID:
-        msg = f"invalid_normalizer must be one of {_INVALID}, got {invalid_normalizer!r}"
-        raise ValueError(msg)
+def _logit_scale(scale: Any, sigma: Any, d: int) -> float:
     if sigma is not None:
         if scale is not None:
             msg = f"give scale or sigma (scale = 1/sigma^2), not both: got scale={scale!r}, sigma={sigma!r}"
             raise ValueError(msg)
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (
-                math.isfinite(sigma) and sigma > 0):
-            msg = f"sigma must be a positive finite real number, got {sigma!r}"
-            raise ValueError(msg)
-        return 1.0 / float(sigma) ** 2
+        sigma = check_real("sigma", sigma, minimum=0.0, open_min=True, what="RFA's temperature")
+        return 1.0 / sigma ** 2
     s = resolve_scale(scale, d)
     if not s > 0:
         msg = (f"scale must be positive for random-feature attention (it is split as sqrt(scale) "
@@ -465,69 +518,93 @@ def _validate_options(features: str, kernel: str, invalid_normalizer: str, scale
     return s
 
 
+def _options(d: int, *, features: Any, kernel: Any, causal: Any, scale: Any, sigma: Any, normalize: Any,
+             stabilize: Any, errors: Any, invalid_rows: Any, invalid_normalizer: Any, chunk: Any) -> Options:
+    features = check_choice("features", features, FEATURES)
+    kernel = check_choice("kernel", kernel, KERNELS)
+    policy = legacy_policy(errors, {"invalid_normalizer": invalid_normalizer},
+                           mapping={"invalid_normalizer": {"raise": "raise", "zero": "ignore"}})
+    zero = check_choice("invalid_rows", invalid_rows, INVALID_ROWS) == "zero"
+    s = _logit_scale(scale, sigma, d)
+    stabilize = check_flag("stabilize", stabilize)
+    core = CoreOptions(causal=causal, chunk=check_int("chunk", chunk, minimum=1), eps=0.0, errors=policy,
+                       normalizer="positive", zero_invalid=zero, message=_normalizer_message(features, stabilize),
+                       error=NonPositiveNormalizerError, method="random-feature attention")
+    return Options(features, kernel, s, check_flag("normalize", normalize), stabilize, core)
+
+
 def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", kernel: str = "softmax",
             mask: Any = None, causal: bool | str = False, scale: float | None = None,
             sigma: float | None = None, normalize: bool = False, stabilize: bool = True,
-            key_lengths: Any = None, invalid_normalizer: str = "raise", chunk: int = DEFAULT_CHUNK,
+            key_lengths: Any = None, errors: str | None = None, invalid_rows: str = "zero",
+            invalid_normalizer: str | None = None, chunk: int = DEFAULT_CHUNK,
             check_finite: bool = True) -> tuple[Any, Residuals]:
     """Random-feature attention forward pass: ``(out, Residuals)``. See :func:`random_feature_attention`."""
     xp, batch = validate_qkv(q, k, v, extra={"W": w, "mask": mask, "key_lengths": key_lengths})
     n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
     _check_w(xp, w, d=d, dtype=q.dtype, ref_name="q")
     batch = broadcast_shapes(batch, w.shape[:-2], names=("q/k/v", "W"))
-    s = _validate_options(features, kernel, invalid_normalizer, scale, sigma, d)
-    check_positive_int("chunk", chunk)
-    if check_finite:
+    opts = _options(d, features=features, kernel=kernel, causal=causal, scale=scale, sigma=sigma,
+                    normalize=normalize, stabilize=stabilize, errors=errors, invalid_rows=invalid_rows,
+                    invalid_normalizer=invalid_normalizer, chunk=chunk)
+    if check_flag("check_finite", check_finite):
         for name, a in (("q", q), ("k", k), ("v", v), ("W", w)):
             _check_finite_array(name, a, xp)
-    dtype = q.dtype
-    shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(w.shape))
-    work, (q, k, v, w) = to_working(xp, q, k, v, w)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m,
-                     batch=batch, dtype=work)
-    is_causal = spec.causal_offset is not None
-    if is_causal and n != m:
+                     batch=batch, dtype=compute_dtype(xp, q.dtype))
+    if spec.causal_offset is not None and n != m:
         msg = (f"causal random-feature attention needs as many queries as keys (the prefix-sum form "
                f"pairs query i with keys j <= i), got n = {n}, m = {m}")
         raise ValueError(msg)
     keep = key_padding_keep(xp, spec, device(q), method="random-feature attention")
+    return _forward(xp, q, k, v, w, keep, opts)
+
+
+def _forward(xp: Any, q: Any, k: Any, v: Any, w: Any, keep: Any, opts: Options) -> tuple[Any, Residuals]:
+    """The implementation of :func:`forward` (valid input and resolved options assumed)."""
+    features, stabilize = opts.features, opts.stabilize
+    dtype = q.dtype
+    shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(w.shape))
+    work, (q, k, v, w) = to_working(xp, q, k, v, w)
     n_freq = w.shape[-2]
-    root_s = math.sqrt(s)
+    root_s = math.sqrt(opts.scale)
 
     qn = kn = None
     qu, ku = q, k
-    if normalize:
-        qu, qn = _unit(xp, q, "q")
-        ku, kn = _unit(xp, k, "k")
+    zero_rows = []
+    if opts.normalize:
+        qu, qn, zq = _unit(xp, q)
+        ku, kn, zk = _unit(xp, k)
+        zero_rows = [(z, name) for z, name in ((zq, "q"), (zk, "k")) if z is not None]
     xq, xk = qu * root_s, ku * root_s
 
-    # query features: phi(xq), optionally divided by exp(row max of the exponents)
-    uq, tq = _exponent(xp, features, xq, w)
-    if features != "trig":
-        if stabilize:
-            tq = tq - xp.max(tq, axis=-1, keepdims=True)
-        else:
-            _check_exponent(xp, tq, "query features")
-    phi_q = _phi(xp, features, uq, tq, n_freq)
-
-    # key features times r_j = exp(sign |xk|^2 / 2), optionally divided by one exp(max) per batch element
-    sign = _key_log_weight_sign(features, kernel)
-    uk, tk = _exponent(xp, features, xk, w, times=1.0 - sign)
+    # exponents (stabilised: phi(xq) divided by exp(row max of its exponents), the keys, with
+    # r_j = exp(sign |xk|^2 / 2) folded in, by one exp(max) per batch element over the kept keys)
     keep_col = None if keep is None else keep[..., None]
-    if features != "trig":
-        tk = _shift(xp, tk, keep_col) if stabilize else _checked(xp, tk, "key features")
-    phi_k = _phi(xp, features, uk, tk, n_freq)
-    if features == "trig" and sign != 0.0:
+    uq, tq = _exponent(xp, features, xq, w)
+    if features != "trig" and stabilize:
+        tq = tq - xp.max(tq, axis=-1, keepdims=True)
+    sign = _key_log_weight_sign(features, opts.kernel)
+    uk, tk = _exponent(xp, features, xk, w, times=1.0 - sign)
+    if features != "trig" and stabilize:
+        tk = _shift(xp, tk, keep_col)
+    lr = None
+    if features == "trig" and sign != 0.0:  # trig's key log-weights
         lr = _sq_half(xp, xk)
-        lr = _shift(xp, lr, keep_col) if stabilize else _checked(xp, lr, "key weights exp(|k|^2/2)")
+        if stabilize:
+            lr = _shift(xp, lr, keep_col)
+    exponents = ([(tq, "query features"), (tk, "key features")] if features != "trig"
+                 else [] if lr is None else [(lr, "key weights exp(|k|^2/2)")])
+    _check_data(xp, opts, zero_rows, exponents)
+
+    phi_q = _phi(xp, features, uq, tq, n_freq)
+    phi_k = _phi(xp, features, uk, tk, n_freq)
+    if lr is not None:
         phi_k = phi_k * xp.exp(lr)
 
-    report = "ignore" if invalid_normalizer == "zero" else _normalizer_error(features, stabilize)
-    out, core = kernelized_forward(phi_q, phi_k, v, causal=is_causal, chunk=chunk, key_keep=keep, eps=0.0,
-                                   on_nonpositive=report, normalizer="positive",
-                                   method="random-feature attention")
-    res = Residuals(core, q, k, w, qn, kn, qu, ku, xq, xk, phi_q, phi_k, features, kernel, normalize, root_s,
-                    dtype, shapes)
+    out, core = kernelized_forward(phi_q, phi_k, v, opts.core, key_keep=keep)
+    res = Residuals(core, q, k, w, qn, kn, qu, ku, xq, xk, phi_q, phi_k, features, opts.kernel, opts.normalize,
+                    root_s, dtype, shapes)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 
@@ -543,15 +620,10 @@ def _shift(xp: Any, t: Any, keep_col: Any) -> Any:
     return t - top
 
 
-def _checked(xp: Any, t: Any, what: str) -> Any:
-    _check_exponent(xp, t, what)
-    return t
+def _normalizer_message(features: str, stabilize: bool) -> Any:
+    """The core's report wording: how many rows, the smallest finite normaliser, and why."""
 
-
-def _normalizer_error(features: str, stabilize: bool) -> Any:
-    """The ``on_nonpositive`` hook of the core: raise :class:`NonPositiveNormalizerError` saying why."""
-
-    def report(xp: Any, bad: Any, den: Any) -> None:
+    def message(xp: Any, bad: Any, den: Any) -> str:
         bad = xp.broadcast_to(bad, den.shape)
         count = int(xp.sum(xp.astype(bad, xp.int64)))
         total = math.prod(den.shape)
@@ -560,17 +632,16 @@ def _normalizer_error(features: str, stabilize: bool) -> Any:
         if features == "trig":
             why = ("trigonometric features do not guarantee a positive normaliser (sin/cos estimates of "
                    "exp(q.k) can be <= 0); use more features D, positive features, or "
-                   "invalid_normalizer='zero' to return zeros for these rows")
+                   "errors='ignore' (or 'warn') to return zeros for these rows")
         elif not stabilize:
             why = "exp under/overflowed without the stabiliser; pass stabilize=True"
         else:
             why = ("positive features underflowed to a zero normaliser: the inputs' norms are too large "
                    "for this dtype; rescale q and k")
-        msg = (f"{count} of {total} query rows have a normaliser phi(q_i) . sum_j phi(k_j) that is not "
-               f"positive and finite (smallest finite value {low:.3g}): {why}")
-        raise NonPositiveNormalizerError(msg)
+        return (f"{count} of {total} query rows have a normaliser phi(q_i) . sum_j phi(k_j) that is not "
+                f"positive and finite (smallest finite value {low:.3g}): {why}")
 
-    return report
+    return message
 
 
 def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any, norm_coeff: float,
@@ -655,7 +726,8 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
                              kernel: str = "softmax", mask: Any = None, causal: bool | str = False,
                              scale: float | None = None, sigma: float | None = None,
                              normalize: bool = False, stabilize: bool = True, key_lengths: Any = None,
-                             invalid_normalizer: str = "raise", chunk: int = DEFAULT_CHUNK,
+                             errors: str | None = None, invalid_rows: str = "zero",
+                             invalid_normalizer: str | None = None, chunk: int = DEFAULT_CHUNK,
                              check_finite: bool = True) -> Any:
     r"""Random-feature estimate of softmax attention (Performer FAVOR+ / RFA).
 
@@ -687,6 +759,7 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
     normalize : bool
         RFA's unit-norm option: use ``q_i/|q_i|`` and ``k_j/|k_j|`` (zero rows are an error).
     stabilize : bool
+        ``True`` or ``False`` only (the feature maps' per-row/per-batch choice is their ``max_shift``).
         Shift the exponents by their maxima (per query row; per batch element for the keys). The
         shifts cancel exactly between numerator and denominator. Without it, large norms make the
         positive features *underflow* (``w.x - |x|^2/2 -> -inf`` for ``|w| < sqrt(2 log max)``, i.e.
@@ -696,13 +769,23 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
         messages name ``stabilize=True`` as the fix.
     key_lengths : integer array, optional
         Per batch element number of valid keys.
-    invalid_normalizer : {"raise", "zero"}
-        What to do with rows whose normaliser is not positive and finite (possible with trig features,
-        or by under/overflow): raise :class:`NonPositiveNormalizerError`, or return zeros there.
+    errors : {"raise", "warn", "ignore"}, optional
+        The failure policy for rows whose normaliser is not positive and finite (possible with trig
+        features, or by under/overflow): raise :class:`NonPositiveNormalizerError`, emit a
+        ``RuntimeWarning``, or nothing; ``None`` (default) means ``"raise"``. Rows that see no key
+        are never reported.
+    invalid_rows : {"zero", "ratio"}
+        The fallback for those rows when ``errors`` is not ``"raise"``: ``"zero"`` (default) returns
+        zeros with zero gradient; ``"ratio"`` returns the ratio as computed (a zero normaliser still
+        gives zeros).
+    invalid_normalizer : {"raise", "zero"}, optional
+        Deprecated (``DeprecationWarning``): ``"raise"`` is ``errors="raise"``, ``"zero"`` is
+        ``errors="ignore"`` (with the default ``invalid_rows="zero"``).
     chunk : int
         Row-chunk of the causal prefix sum (:func:`refattn.methods._prefix.causal_dot`).
     check_finite : bool
-        Reject NaN/inf in ``q``, ``k``, ``v``, ``W`` (default on).
+        ``True`` (default): reject NaN/inf in ``q``, ``k``, ``v``, ``W`` with ``ValueError`` naming
+        the argument; ``False`` skips that pass (an unchecked NaN then reaches the normaliser check).
 
     Returns
     -------
@@ -718,7 +801,7 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
         non-positive scale or sigma, both scale and sigma, unsupported masks, causal with ``n != m``,
         zero rows with ``normalize``, exponent overflow without the stabiliser, unknown options.
     NonPositiveNormalizerError
-        A row's normaliser is not positive and finite (``invalid_normalizer="raise"``).
+        A row's normaliser is not positive and finite (``errors="raise"``).
 
     References
     ----------
@@ -726,7 +809,8 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
     """
     return forward(q, k, v, w, features=features, kernel=kernel, mask=mask, causal=causal, scale=scale,
                    sigma=sigma, normalize=normalize, stabilize=stabilize, key_lengths=key_lengths,
-                   invalid_normalizer=invalid_normalizer, chunk=chunk, check_finite=check_finite)[0]
+                   errors=errors, invalid_rows=invalid_rows, invalid_normalizer=invalid_normalizer, chunk=chunk,
+                   check_finite=check_finite)[0]
 
 
 def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
@@ -754,13 +838,12 @@ def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
     ``key_lengths`` was given.
     """
     for name, val in (("n", n), ("m", m), ("d", d), ("dv", dv)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
-            msg = f"{name} must be a non-negative integer, got {val!r}"
-            raise ValueError(msg)
-    check_positive_int("n_features", n_features)
-    check_positive_int("batch", batch)
-    check_positive_int("chunk", chunk)
-    _check_kind(features, kernel)
+        check_int(name, val, minimum=0)
+    check_int("n_features", n_features, minimum=1)
+    check_int("batch", batch, minimum=1)
+    check_int("chunk", chunk, minimum=1)
+    check_choice("features", features, FEATURES)
+    check_choice("kernel", kernel, KERNELS)
     if causal and n != m:
         msg = f"causal random-feature attention needs n == m, got n = {n}, m = {m}"
         raise ValueError(msg)
