@@ -118,8 +118,8 @@ _OVERRIDES: dict[tuple[str, str], Any] = {
     **{(f, c): Raises(ValueError, "normaliser")
        for f in ("random_feature_attention", "random_feature_attention[causal,hyperbolic]")
        for c in ("nan_input_unchecked", "inf_input_unchecked", "nan_param_unchecked", "inf_param_unchecked")},
-    ("positive_features", "inf_param_unchecked"): Raises(ValueError, "stabilize"),  # exp overflow, names the fix
-    ("hyperbolic_features", "inf_param_unchecked"): Raises(ValueError, "stabilize"),
+    ("positive_features", "inf_param_unchecked"): Raises(ValueError, "max_shift"),  # exp overflow, names the fix
+    ("hyperbolic_features", "inf_param_unchecked"): Raises(ValueError, "max_shift"),
     ("heat_attention", "nan_input_unchecked"): _CHECKS_FINITE,  # the truncating readings decompose q and k
     ("heat_attention", "inf_input_unchecked"): _CHECKS_FINITE,
     ("kernel_attention", "nan_param_unchecked"): _CHECKS_FINITE,  # weights are always checked (docstring)
