@@ -133,7 +133,7 @@ class Case:
     ``logit_scale``: q and k entries are ``N(0, logit_scale)``, so with the default scale
     ``1/sqrt(d)`` the logits are ``N(0, logit_scale^2)``. ``value_scale``: v entries are
     ``N(0, value_scale^2)``. Masks keep at least one key for every query (conventions for fully
-    masked rows differ between libraries: torch SDPA returns NaN, refattn zeros).
+    masked rows differ between libraries: older torch SDPA returned NaN, refattn returns zeros).
     """
 
     method: str

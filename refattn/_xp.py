@@ -43,6 +43,8 @@ from typing import Any
 
 import array_api_compat
 
+from ._checks import check_real
+
 __all__ = [
     "namespace",
     "device",
@@ -202,10 +204,7 @@ def resolve_scale(scale: float | None, d: int) -> float:
     """The logit scale: ``1/sqrt(d)`` by default; a given scale must be a finite real number."""
     if scale is None:
         return 1.0 / math.sqrt(d) if d > 0 else 1.0
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        msg = f"scale must be a finite real number or None, got {scale!r}"
-        raise TypeError(msg) if not isinstance(scale, (int, float)) else ValueError(msg)
-    return float(scale)
+    return check_real("scale", scale)
 
 
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:

@@ -98,7 +98,8 @@ Writing a method's closed form
 ------------------------------
 State ``flops`` and ``transcendentals`` as formulas in the docstring (count what the code does,
 including mask handling and every ``where``-guard), use :func:`linalg_flops` for decompositions,
-tally bytes with :class:`Tally` if the model should be exact for them, and test with
+state bytes and peak as upper bounds (a closed form that replays the code op by op has to be
+refactored with it; :class:`Tally` remains for a model that must be exact), and test with
 :func:`assert_counted_matches` (``exact=("flops", "transcendentals")``, ``upper=("peak_bytes",)``
 where the peak is a bound). ``refattn.methods.softmax.cost`` is the worked example.
 """

@@ -183,7 +183,7 @@ def _gap_rtol(xp: Any, dtype: Any, gap_rtol: float | None) -> float:
 
 def _errors(errors: Any, on_degenerate: Any) -> str:
     """The failure policy of the gap check; ``on_degenerate`` is its deprecated spelling."""
-    return legacy_policy(None if errors == "raise" else errors, {"on_degenerate": on_degenerate},
+    return legacy_policy(errors, {"on_degenerate": on_degenerate},
                          mapping={"on_degenerate": {a: a for a in DEGENERATE_ACTIONS}})
 
 
@@ -246,7 +246,7 @@ class TruncResiduals(NamedTuple):
     dtype: Any
 
 
-def truncate_forward(a: Any, /, *, rank: int, gap_rtol: float | None = None, errors: str = "raise",
+def truncate_forward(a: Any, /, *, rank: int, gap_rtol: float | None = None, errors: str | None = None,
                      on_degenerate: str | None = None) -> tuple[Any, TruncResiduals]:
     """Forward pass of :func:`truncate`; returns ``(A_r, residuals)``."""
     xp = namespace(a)
@@ -281,7 +281,7 @@ def truncate_backward(res: TruncResiduals, dout: Any, /) -> TruncGrads:
 
 
 @declare(Function(truncate_forward, truncate_backward))
-def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, errors: str = "raise",
+def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, errors: str | None = None,
              on_degenerate: str | None = None) -> Any:
     r"""Rank-``r`` Eckart-Young truncation ``A_r = U_r Sigma_r V_r^T`` of ``a (..., p, c)``.
 
@@ -296,8 +296,9 @@ def truncate(a: Any, /, *, rank: int, gap_rtol: float | None = None, errors: str
     rank : int, ``1 <= rank <= min(p, c)``.
     gap_rtol : float, optional
         Smallest accepted relative gap ``(sigma_r - sigma_{r+1}) / sigma_1`` (default ``sqrt(eps)``).
-    errors : {"raise", "warn", "ignore"}
-        What a gap below ``gap_rtol`` does: ``ValueError``, ``RuntimeWarning``, or nothing.
+    errors : {"raise", "warn", "ignore"}, optional
+        What a gap below ``gap_rtol`` does: ``ValueError``, ``RuntimeWarning``, or nothing. ``None``
+        (default) means ``"raise"``.
     on_degenerate : {"raise", "warn"}, optional
         Deprecated spelling of ``errors`` (``DeprecationWarning``); give one of the two.
 
@@ -572,7 +573,7 @@ def _forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, opts: Options,
 def forward(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str = "logits", basis: str = "k",
             mask: Any = None, causal: bool | str = False, scale: float | None = None, key_lengths: Any = None,
             impl: str = "auto", block_q: int | None = None, block_k: int | None = None,
-            gap_rtol: float | None = None, errors: str = "raise", on_degenerate: str | None = None,
+            gap_rtol: float | None = None, errors: str | None = None, on_degenerate: str | None = None,
             check_finite: bool = True) -> tuple[Any, Residuals]:
     """HEAT forward pass; returns ``(out, Residuals)``. See :func:`heat_attention`."""
     xp, batch = validate_qkv(q, k, v, extra={"mask": mask, "key_lengths": key_lengths})
@@ -647,7 +648,7 @@ def _oracle_shape(shape: Any, kind: str) -> Any:
 def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str = "logits",
                    basis: str = "k", mask: Any = None, causal: bool | str = False, scale: float | None = None,
                    key_lengths: Any = None, impl: str = "auto", block_q: int | None = None,
-                   block_k: int | None = None, gap_rtol: float | None = None, errors: str = "raise",
+                   block_k: int | None = None, gap_rtol: float | None = None, errors: str | None = None,
                    on_degenerate: str | None = None, check_finite: bool = True) -> Any:
     r"""HEAT attention under a stated reading (see the module docstring for the three readings).
 
@@ -671,8 +672,9 @@ def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, readin
     gap_rtol : float, optional
         The singular-gap check (module notes): smallest accepted ``(sigma_r - sigma_{r+1}) /
         sigma_1``, default ``sqrt(eps)``.
-    errors : {"raise", "warn", "ignore"}
-        What a gap below ``gap_rtol`` does: ``ValueError`` (default), ``RuntimeWarning``, nothing.
+    errors : {"raise", "warn", "ignore"}, optional
+        What a gap below ``gap_rtol`` does: ``ValueError``, ``RuntimeWarning``, nothing. ``None``
+        (default) means ``"raise"``.
     on_degenerate : {"raise", "warn"}, optional
         Deprecated spelling of ``errors`` (``DeprecationWarning``); give one of the two.
     check_finite : bool
