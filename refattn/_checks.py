@@ -31,7 +31,7 @@ import sys
 import warnings
 from typing import Any
 
-__all__ = ["ERRORS", "check_flag", "check_int", "check_real", "check_choice", "check_errors",
+__all__ = ["ERRORS", "check_flag", "check_int", "check_real", "check_shape", "check_choice", "check_errors",
            "legacy_policy", "report"]
 
 ERRORS = ("raise", "warn", "ignore")
@@ -101,6 +101,19 @@ def check_real(name: str, value: Any, *, minimum: float | None = None, maximum: 
         msg = f"{name} must be {expected}, got {value!r}"
         raise ValueError(msg)
     return x
+
+
+def check_shape(name: str, value: Any, *, ndim: int | None = None, scalar: bool = True) -> tuple[int, ...]:
+    """A tuple (or list) of non-negative integers, of length ``ndim`` when given; a single integer
+    counts as a 1-tuple when ``scalar``. Returned as a tuple of Python ints."""
+    shp = (value,) if scalar and isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+    ok = isinstance(shp, (tuple, list)) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in shp)
+    if not ok or (ndim is not None and len(shp) != ndim):
+        what = f"a tuple of {ndim} non-negative integers" if ndim else "a tuple of non-negative integers"
+        msg = f"{name} must be {what}, got {value!r}"
+        raise ValueError(msg)
+    return tuple(int(s) for s in shp)
 
 
 def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:

@@ -43,7 +43,7 @@ from typing import Any
 
 import array_api_compat
 
-from ._checks import check_real
+from ._checks import check_int, check_real
 
 __all__ = [
     "namespace",
@@ -208,11 +208,7 @@ def resolve_scale(scale: float | None, d: int) -> float:
 
 
 def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        msg = f"{name} must be a positive integer, got {value!r}"
-        raise ValueError(msg)
+    check_int(name, value, minimum=1, allow_none=allow_none)
 
 
 def compute_dtype(xp: Any, dtype: Any) -> Any:

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import check_choice, check_int, check_shape
+
 __all__ = ["default_rng", "normal", "uniform", "orthogonal", "to_backend", "like"]
 
 
@@ -32,14 +34,7 @@ def _backend(backend: Any) -> Any:
 
 def _check_shape(shape: Any, *, ndim: int | None = None) -> tuple[int, ...]:
     """``shape`` must be a tuple of non-negative integers (of length ``ndim`` when given)."""
-    shp = (shape,) if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool) else shape
-    ok = isinstance(shp, (tuple, list)) and all(
-        isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in shp)
-    if not ok or (ndim is not None and len(shp) != ndim):
-        what = f"a tuple of {ndim} non-negative integers" if ndim else "a tuple of non-negative integers"
-        msg = f"shape must be {what}, got {shape!r}"
-        raise ValueError(msg)
-    return tuple(int(s) for s in shp)
+    return check_shape("shape", shape, ndim=ndim)
 
 
 def to_backend(host: np.ndarray, backend: Any = None, dtype: str = "float64") -> Any:
@@ -102,14 +97,8 @@ def linformer_projection(k: int, m: int, *, rng: Any, batch: tuple[int, ...] = (
     (e.g. ``(H,)`` for one projection per head). ``k > m`` is allowed here (the sampler is a plain
     Gaussian matrix); the attention methods reject it.
     """
-    for name, val in (("k", k), ("m", m)):
-        if isinstance(val, bool) or not isinstance(val, int) or val <= 0:
-            msg = f"{name} must be a positive integer, got {val!r}"
-            raise ValueError(msg)
-    batch = tuple(batch)
-    if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in batch):
-        msg = f"batch must be a tuple of non-negative integers, got {batch!r}"
-        raise ValueError(msg)
+    k, m = check_int("k", k, minimum=1), check_int("m", m, minimum=1)
+    batch = check_shape("batch", batch, scalar=False)
     return normal((*batch, k, m), rng=rng, backend=backend, dtype=dtype, std=1.0 / np.sqrt(k))
 # ------------------------------------------------------------------------------------------------
 # Random-feature projections (Performer FAVOR+, RFA): W of shape (..., D, d), rows w_l
@@ -121,18 +110,10 @@ _ROW_NORMS = ("chi", "fixed")
 
 
 def _check_projection_args(n_features: Any, d: Any, norms: Any, batch: Any) -> tuple[int, ...]:
-    for name, val in (("n_features", n_features), ("d", d)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val <= 0:
-            msg = f"{name} must be a positive integer, got {val!r}"
-            raise ValueError(msg)
-    if norms not in _ROW_NORMS:
-        msg = f"norms must be one of {_ROW_NORMS}, got {norms!r}"
-        raise ValueError(msg)
-    batch = (batch,) if isinstance(batch, (int, np.integer)) else tuple(batch)
-    if any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 0 for b in batch):
-        msg = f"batch must be a tuple of non-negative integers, got {batch!r}"
-        raise ValueError(msg)
-    return batch
+    check_int("n_features", n_features, minimum=1)
+    check_int("d", d, minimum=1)
+    check_choice("norms", norms, _ROW_NORMS)
+    return check_shape("batch", batch)
 
 
 def gaussian_projection(n_features: int, d: int, *, rng: Any, norms: str = "chi", batch: Any = (),
