@@ -175,3 +175,13 @@ def test_slope_of_power_laws():
 def test_classify(claimed, fitted, status, why):
     got, text = survey.classify(claimed, fitted)
     assert got == status and why in text
+
+
+def test_the_table_covers_every_registered_method():
+    """The survey's rows are configurations of registered methods, and every registered method has one."""
+    from refattn._registry import methods
+
+    names = {m.method for m in survey.METHODS.values()}
+    assert names == set(methods()), sorted(set(methods()) ^ names)
+    for row in survey.METHODS.values():
+        assert row.fn is methods()[row.method].function

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 import refattn
+from refattn._registry import get_method
 from refattn.cost import measure
 from refattn.methods import kernels, linear, softmax
 from refattn.random import gaussian_projection, linformer_projection
@@ -112,43 +113,50 @@ def _b_glu(s: Sizes, be: Any, rng: np.random.Generator) -> tuple[tuple[Any, ...]
 
 @dataclass(frozen=True)
 class Method:
-    """One method: its public function, how to build one call, the sizes its cost depends on."""
+    """One row of the survey's table: a configuration of a registered method (``method`` is its
+    registry name, :func:`refattn._registry.get_method`), how to build one call, the sizes its
+    cost depends on."""
 
     key: str
     label: str
-    fn: Callable[..., Any]
+    method: str
     build: Builder
     call: str  # the call, as the evidence prints it
     sizes: tuple[str, ...] = ("n", "d")
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The method's public function, from its registry declaration."""
+        return get_method(self.method).function
 
     def args(self, s: Sizes, be: Any, seed: int = 0) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return self.build(s, be, np.random.default_rng(seed))
 
 
 METHODS: dict[str, Method] = {m.key: m for m in (
-    Method("softmax", "softmax (dense)", refattn.softmax_attention, _b_softmax,
+    Method("softmax", "softmax (dense)", "softmax", _b_softmax,
            "softmax_attention(q, k, v, impl='dense')"),
-    Method("softmax-blockwise", "softmax (blockwise, 32x32 blocks)", refattn.softmax_attention, _b_blockwise,
+    Method("softmax-blockwise", "softmax (blockwise, 32x32 blocks)", "softmax", _b_blockwise,
            "softmax_attention(q, k, v, impl='blockwise', block_q=32, block_k=32)"),
-    Method("efficient", "linear (sec. 2.2 formula, Shen et al.)", refattn.efficient_attention, _b_plain,
+    Method("efficient", "linear (sec. 2.2 formula, Shen et al.)", "efficient", _b_plain,
            "efficient_attention(q, k, v)  # Softmax_row(Q) (Softmax_col(K)^T V)"),
-    Method("linear", "linear (elu+1, Katharopoulos et al.)", refattn.linear_attention, _b_elu,
+    Method("linear", "linear (elu+1, Katharopoulos et al.)", "linear", _b_elu,
            "linear_attention(q, k, v, feature_map='elu+1')"),
-    Method("linformer", "Linformer", refattn.linformer_attention, _b_linformer,
+    Method("linformer", "Linformer", "linformer", _b_linformer,
            "linformer_attention(q, k, v, E[k, n], F[k, n])", sizes=("n", "d", "k")),
-    Method("verma", "Verma H(LX)", refattn.verma_attention, _b_linformer,
+    Method("verma", "Verma H(LX)", "verma", _b_linformer,
            "verma_attention(q, k, v, E[k, n], F[k, n])  # order='H(LX)'", sizes=("n", "d", "k")),
-    Method("rfa", "RFA (sin/cos)", refattn.random_feature_attention, _rf("trig", "gaussian"),
+    Method("rfa", "RFA (sin/cos)", "random_feature", _rf("trig", "gaussian"),
            "random_feature_attention(q, k, v, W[D, d], features='trig', kernel='gaussian')",
            sizes=("n", "d", "D")),
-    Method("favor", "FAVOR+ (positive features)", refattn.random_feature_attention, _rf("positive", "softmax"),
+    Method("favor", "FAVOR+ (positive features)", "random_feature", _rf("positive", "softmax"),
            "random_feature_attention(q, k, v, W[D, d], features='positive')", sizes=("n", "d", "D")),
-    Method("nystrom", "Nystrom", refattn.nystrom_attention, _b_nystrom,
+    Method("nystrom", "Nystrom", "nystrom", _b_nystrom,
            "nystrom_attention(q, k, v, num_landmarks=m)  # 6 iterations of the iterative pinv",
            sizes=("n", "d", "m")),
-    Method("heat", f"HEAT (logits reading, r = {HEAT_RANK})", refattn.heat_attention, _b_heat,
+    Method("heat", f"HEAT (logits reading, r = {HEAT_RANK})", "heat", _b_heat,
            f"heat_attention(q, k, v, rank={HEAT_RANK}, reading='logits')"),
-    Method("glu", "trainable kernel (GLU)", refattn.kernel_attention, _b_glu,
+    Method("glu", "trainable kernel (GLU)", "kernel", _b_glu,
            "kernel_attention(q, k, v, *init_params('glu', d), kernel='glu')"),
 )}
 
