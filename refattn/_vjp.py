@@ -27,7 +27,8 @@ def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callabl
     ``pullback(dout)`` returns the method's ``Grads`` named tuple: one cotangent per array
     argument in order (``dq, dk, dv`` and then one per parameter), each with its argument's shape.
     A function returning a tuple (``softmax_attention(..., return_lse=True)`` returns ``(out, lse)``,
-    ``merge_attention`` too) takes a tuple of cotangents, ``None`` for a zero one.
+    ``merge_attention`` too) takes a tuple of cotangents, ``None`` for a zero one
+    (an array alone is the first output's cotangent, the others zero).
 
     Examples
     --------
@@ -60,9 +61,10 @@ def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callabl
 
     def pullback(dout: Any) -> Any:
         if isinstance(out, tuple):  # several outputs (e.g. (out, lse)): one cotangent each, None = zero
-            if not isinstance(dout, (tuple, list)) or len(dout) != len(out):
-                msg = (f"dout must be a tuple of {len(out)} cotangents (one per output; None for zero), "
-                       f"got {type(dout).__name__}")
+            if not isinstance(dout, (tuple, list)):  # the first output's cotangent alone: the others zero
+                dout = (dout, *([None] * (len(out) - 1)))
+            if len(dout) != len(out):
+                msg = f"dout must be a tuple of {len(out)} cotangents (one per output; None for zero), got {len(dout)}"
                 raise TypeError(msg)
             if dout[0] is None:
                 msg = "dout[0] (the cotangent of the first output) must be an array"

@@ -588,8 +588,6 @@ def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str =
         sk = sk[..., None, None]
     if group is not None:
         hq, hkv = group
-        q = xp.reshape(q, (*q.shape[:-3], hkv, hq // hkv, *q.shape[-2:]))
-        k, v = xp.expand_dims(k, axis=-3), xp.expand_dims(v, axis=-3)
         spec = spec._replace(keep=_regroup(xp, spec.keep, 2, hq, hkv), bias=_regroup(xp, spec.bias, 2, hq, hkv),
                              key_lengths=_regroup(xp, spec.key_lengths, 0, hq, hkv),
                              query_lengths=_regroup(xp, spec.query_lengths, 0, hq, hkv))
@@ -598,9 +596,15 @@ def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str =
     spec = spec._replace(mask_mod=mmod, index=idx)
     var = Variant(smod, sk, None if sinks is None else tuple(sinks.shape), None if sinks is None else sinks.dtype,
                   dropout_mask, 1.0 / (1.0 - opts.dropout_p), opts.return_lse,
-                  None if group is None else (*batch, n, v.shape[-1]))
+                  None if group is None else (*gbatch[:-2], group[0], n, v.shape[-1]))
+    shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))  # the user's (gradients come back in them)
+    if group is not None:
+        hq, hkv = group
+        q = xp.reshape(q, (*q.shape[:-3], hkv, hq // hkv, *q.shape[-2:]))
+        k, v = xp.expand_dims(k, axis=-3), xp.expand_dims(v, axis=-3)
     out, res = _forward(xp, q, k, v, spec, opts, dtype, var)
     if group is not None:
+        res = res._replace(shapes=shapes)
         out = xp.reshape(out, var.out_shape)
     out = xp.astype(out, dtype) if work != dtype else out
     if not opts.return_lse:
