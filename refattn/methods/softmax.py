@@ -664,7 +664,10 @@ def _closed_cost(s: Any, opts: Any, backward: bool) -> Any:
     return cost(s["batch"], s["n"], s["m"], s["d"], s["dv"], impl=impl, backward=backward,
                 causal=opts.get("causal", False), block_q=opts.get("block_q") or DEFAULT_BLOCK_Q,
                 block_k=opts.get("block_k") or DEFAULT_BLOCK_K, dtype_bytes=s["dtype_bytes"],
-                check_finite=opts.get("check_finite", True))
+                check_finite=opts.get("check_finite", True), sinks=opts.get("sinks") is not None,
+                return_lse=bool(opts.get("return_lse", False)), dropout=opts.get("dropout_mask") is not None,
+                score_mod=opts.get("score_mod"), mask_mod=opts.get("mask_mod"),
+                query_lengths=opts.get("query_lengths") is not None)
 
 
 @declare(Method(
@@ -733,19 +736,32 @@ def softmax_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
 COST_MASKS = (False, True, "bool", "additive", "key_lengths")
 
 
-def _visited_blocks(n: int, m: int, bq: int, bk: int, offset: int | None) -> list[tuple[int, list[int]]]:
-    """``[(rows, [cols of each key block visited]) for each query block]``, as the loops run."""
-    spec = MaskSpec(None, None, offset, None, n, m)
+def _visited_blocks(n: int, m: int, bq: int, bk: int, offset: int | None,
+                    mask_mod: Any = None) -> list[tuple[int, list[int]]]:
+    """``[(rows, [cols of each key block visited]) for each query block]``, as the loops run (the
+    same :func:`_block_skipped` test: causal diagonal and the mask mod's empty blocks)."""
+    spec = MaskSpec(None, None, offset, None, n, m, mask_mod=mask_mod)
     out = []
     for i0 in range(0, n, bq):
         i1 = min(i0 + bq, n)
         cols = []
         for j0 in range(0, m, bk):
-            if _block_skipped(spec, i0, i1, j0):
-                break
-            cols.append(min(j0 + bk, m) - j0)
+            j1 = min(j0 + bk, m)
+            if _block_skipped(spec, i0, i1, j0, j1):
+                continue
+            cols.append(j1 - j0)
         out.append((i1 - i0, cols))
     return out
+
+
+def visited_fraction(n: int, m: int, *, causal: bool | str = False, mask_mod: Any = None,
+                     block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K) -> float:
+    """The fraction ``A / (n m)`` of the logits the blockwise path computes (block sparsity)."""
+    mm = _mods.as_mask_mod(mask_mod)
+    if mm is not None and causal is not False and _mods.has_document(mm):
+        mm, causal = _mods.with_causal(mm, "bottom_right" if causal == "bottom_right" else "top_left"), False
+    blocks = _visited_blocks(n, m, block_q, block_k, _causal_offset(causal, n, m), mm)
+    return sum(r * c for r, cols in blocks for c in cols) / max(n * m, 1)
 
 
 class _Bounds(NamedTuple):
@@ -839,7 +855,9 @@ def _bounds(b: int, n: int, m: int, d: int, dv: int, w: int, kind: Any, causal: 
 def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl: str = "dense",
          backward: bool = False, causal: bool | str = False, masked: Any = False,
          block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K, dtype_bytes: int = 8,
-         check_finite: bool = True) -> Any:
+         check_finite: bool = True, kv_heads: int | None = None, sinks: bool = False,
+         return_lse: bool = False, dropout: bool = False, score_mod: Any = None, mask_mod: Any = None,
+         query_lengths: bool = False) -> Any:
     r"""Closed-form cost of :func:`forward` (and, with ``backward=True``, of :func:`forward` followed
     by :func:`backward`), per the conventions of :mod:`refattn.cost`.
 
@@ -865,6 +883,14 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
         are computed in float32, and their casts are not modelled).
     check_finite : bool
         Whether the call runs the finiteness pass over ``q, k, v`` (bytes only: it costs no flops).
+    kv_heads, sinks, return_lse, dropout, score_mod, mask_mod, query_lengths
+        The exact-attention variants (see :func:`softmax_attention`): ``kv_heads`` the number of kv
+        heads of grouped-query attention (``batch[-1]`` is then the number of query heads),
+        ``sinks`` per-head sinks of shape ``(H,)``, ``return_lse`` (with ``backward``: an LSE
+        cotangent is given), ``dropout`` a dropout mask, ``score_mod`` a ready-made score mod of
+        :mod:`refattn.mods` (or a list of them), ``mask_mod`` any mask mod (its empty blocks are
+        skipped), ``query_lengths`` query padding. Their FLOPs are exact (see "Variants" below);
+        the byte and peak bounds are those of the base call (not modelled for the variants).
 
     Returns
     -------
@@ -921,6 +947,23 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
 
     .. math:: F = 6 A d + 4 A d_v + (3 + \beta) A + R d + C (d + d_v) + 2 n d + n d_v
               + n \max(d_v - 1, 0), \qquad T = A .
+
+    **Variants** (totals over the batch; ``b = B``, ``E_{IJ} = B r_I c_J`` the logits of a pair).
+    Block sparsity: the visited pairs are those no causal diagonal and no mask mod empties (the
+    mask mod's pure-Python ``_block_empty``, the same test the loops use), so ``A, R, C`` above shrink:
+    a causal ``n x n`` call with ``b_q = b_k = b_s`` visits ``A = n (n + b_s) / 2`` logits (half for
+    ``n >> b_s``); a window of ``w = left + right + 1`` keys ``A <= n (w + 2 b_s)``, i.e.
+    ``O(n w d)`` FLOPs; a document of segments ``L_s`` about ``sum_s (L_s + b_s)^2``. Mask mods,
+    query padding and the index arithmetic of mods cost no flops (integer and boolean ops).
+    Score mods per visited pair (forward; the backward recomputes them with their derivative):
+    ``softcap`` ``2 E`` flops and ``E`` transcendentals forward, ``4 E + E`` (``ds *= f'``) and ``E``
+    backward; ``alibi`` ``(S + B) r c`` flops (``S = H`` or ``B H`` gathered slopes) both ways.
+    Sinks: dense forward ``3 b n`` flops and ``b n`` transcendentals (``max``, ``sink - max``, ``+``),
+    blockwise forward 0 (the sink is the online softmax's initial state); backward ``3 b n`` and
+    ``b n``. An LSE cotangent: ``b n`` (``delta - dL``). Dropout: ``b n d_v`` forward (``out *=
+    1/(1-p)``) and ``b n d_v`` backward (``dO / (1 - p)``); the masked products are ``where``s.
+    Grouped-query heads (``g = H / H_kv``): the backward sums ``dK, dV`` over each group,
+    ``(b / g)(g - 1) m (d + d_v)`` flops.
 
     **Bytes (upper bounds).** Counted bytes are the ``nbytes`` every op reads and writes
     (:mod:`refattn.cost`). Rather than replaying the code, the bound counts, per kind of array,
@@ -985,12 +1028,20 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
         check_int(name, val, minimum=1)
     check_flag("check_finite", check_finite)
     b = math.prod(shape)
+    mmod = _mods.as_mask_mod(mask_mod)
+    smod = _mods.as_score_mod(score_mod)
+    if smod is not None and not smod.closed:
+        msg = f"score_mod must be a ready-made refattn.mods score mod for the closed form, got {score_mod!r}"
+        raise ValueError(msg)
+    if mmod is not None and causal is not False and _mods.has_document(mmod):
+        mmod = _mods.with_causal(mmod, "bottom_right" if causal == "bottom_right" else "top_left")
+        causal = False
     offset = _causal_offset(causal, n, m)
     beta = 1 if masked == "additive" else 0
     if impl == "dense":
         blocks = [(n, [m])]  # one pair (also at n == 0: the dense path still runs its ops on empty arrays)
     else:
-        blocks = _visited_blocks(n, m, block_q, block_k, offset)
+        blocks = _visited_blocks(n, m, block_q, block_k, offset, mmod)
     big_a = sum(r * c for r, cols in blocks for c in cols)
     big_r = sum(r * len(cols) for r, cols in blocks)
     big_c = sum(sum(cols) for _, cols in blocks)
@@ -1011,7 +1062,33 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
                 flops += (6 * big_a * d + 4 * big_a * dv + (3 + beta) * big_a + big_r * d + big_c * (d + dv)
                           + 2 * n * d)
                 trans += big_a
+    extra_f = extra_t = 0  # the variants, as totals over the batch
+    if m > 0:
+        pairs = [(r, c) for r, cols in blocks for c in cols]
+        if smod is not None:
+            for r, c in pairs:
+                f_, t_ = smod._cost(shape, r, c, False)
+                extra_f, extra_t = extra_f + f_, extra_t + t_
+                if backward:
+                    f_, t_ = smod._cost(shape, r, c, True)
+                    extra_f += f_ + (b * r * c if _mods.score_has_grad(smod) else 0)
+                    extra_t += t_
+        if sinks:
+            if impl == "dense":
+                extra_f, extra_t = extra_f + 3 * b * n, extra_t + b * n
+            if backward:
+                extra_f, extra_t = extra_f + 3 * b * n, extra_t + b * n
+        if dropout:
+            extra_f += b * n * dv * (2 if backward else 1)
+    elif sinks and backward:
+        extra_f, extra_t = extra_f + 3 * b * n, extra_t + b * n
+    if backward and return_lse:
+        extra_f += b * n
+    if backward and kv_heads is not None and shape:
+        g = shape[-1] // kv_heads
+        extra_f += (b // g) * (g - 1) * m * (d + dv)
     kind = "bool" if masked is True else masked
     io, peak = _bounds(b, n, m, d, dv, dtype_bytes, kind, offset is not None, impl, blocks, check_finite, backward)
-    return Cost(flops=b * flops, transcendentals=b * trans, bytes_read=io.read, bytes_written=io.write,
+    return Cost(flops=b * flops + extra_f, transcendentals=b * trans + extra_t, bytes_read=io.read,
+                bytes_written=io.write,
                 allocations=io.alloc, peak_bytes=peak)
