@@ -696,6 +696,30 @@ def softmax_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
         Logit scale ``s``; ``1/sqrt(d)`` by default.
     key_lengths : integer array, optional
         Per batch element number of valid keys (key padding), broadcastable to the batch shape.
+    query_lengths : integer array, optional
+        Per batch element number of valid queries (query padding): padded rows give zero output,
+        ``lse = -inf`` and zero gradients (also with sinks).
+    score_mod : refattn.mods score mod, pair ``(fn, dfn)``, callable, or a list of them (applied in order)
+        Elementwise modification of the scaled logits, before biases and masks (``mods.softcap``,
+        ``mods.alibi``); see :mod:`refattn.mods`.
+    mask_mod : callable ``(b, h, i, j) -> bool`` or refattn.mods mask mod
+        AND-ed with the other masks (``mods.sliding_window``, ``mods.document``, ``mods.and_masks``,
+        ``mods.or_masks``, ``mods.block_sparse``); the blockwise path skips the blocks a mask mod
+        says are empty. With a ``document``, ``causal`` is taken per segment.
+    sinks : array ``(H,)`` (broadcastable to the batch shape), optional
+        Per-head logits joining the softmax normaliser, carrying no value:
+        ``out_i = sum_j e^{s_ij} v_j / (e^{sink} + sum_j e^{s_ij})``; their gradient is returned
+        (``SinkGrads.dsinks``).
+    dropout_mask : boolean array broadcastable to ``(..., n, m)``, optional; ``dropout_p`` in [0, 1)
+        Replays a kernel's dropout: ``P * mask / (1 - p)`` after the softmax (the LSE is unchanged).
+    return_lse : bool
+        Return ``(out, lse)`` with ``lse = log sum_j e^{s_ij}`` (natural log, sinks included),
+        ``(..., n)``, ``-inf`` for rows that see nothing; the pullback then takes ``(dout, dlse)``.
+
+    Grouped-query heads: ``k, v`` may have fewer heads (axis -3) than ``q``, dividing it; query head
+    ``h`` uses kv head ``h // (Hq / Hkv)`` (SDPA's ``enable_gqa``); ``dk, dv`` sum over each group.
+    Order of operations (FlashAttention's reference): scale, score mods, biases, masks, softmax,
+    dropout.
     impl : {"auto", "dense", "blockwise"}
     block_q, block_k : int, optional
         Block sizes of the blockwise path (default 512 each); any positive size, dividing n or not.
@@ -707,6 +731,7 @@ def softmax_attention(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
     Returns
     -------
     out : array ``(..., n, dv)`` in the inputs' dtype. Rows with every key masked are zero.
+        With ``return_lse=True``: ``(out, lse)``.
 
     Raises
     ------
