@@ -5,7 +5,7 @@ and array-api-strict. Every method has a forward pass, a hand-written backward p
 complexity instrumentation and property tests of what its paper claims.
 """
 
-from . import backends, hadamard, methods, mha, random
+from . import backends, hadamard, methods, mha, mods, random
 from ._vjp import registered, vjp
 from .cost import Cost
 from .hadamard import fwht, wht_projection
@@ -18,6 +18,7 @@ from .methods import (
     kernel_attention,
     linear_attention,
     linformer_attention,
+    merge_attention,
     nystrom_attention,
     positive_features,
     random_feature_attention,
@@ -53,8 +54,10 @@ __all__ = [
     "kernel_attention",
     "linear_attention",
     "linformer_attention",
+    "merge_attention",
     "methods",
     "mha",
+    "mods",
     "multi_head_attention",
     "nystrom_attention",
     "positive_features",

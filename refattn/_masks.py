@@ -15,6 +15,11 @@ refattn accepts, on every method that can honour them:
   iff ``j < key_lengths`` (key-padding masks).
 
 All three combine by logical AND (the additive mask is added where the others keep).
+
+Exact attention adds (issue 25): ``query_lengths`` (query padding: rows ``i >= query_lengths`` see
+no key, so their output and gradients are zero) and a ``mask_mod`` (:mod:`refattn.mods`), evaluated
+per block on broadcastable index arrays and AND-ed in; with a document mask mod, ``causal`` is taken
+per segment (the caller folds it into the mask mod, see :func:`refattn.mods.with_causal`).
 """
 
 from __future__ import annotations
@@ -37,11 +42,14 @@ class MaskSpec(NamedTuple):
     key_lengths: Any  # integer (...,), keep j < key_lengths
     n: int
     m: int
+    query_lengths: Any = None  # integer (...,), keep rows i < query_lengths
+    mask_mod: Any = None  # a refattn.mods.MaskMod, evaluated per block
+    index: Any = None  # (b, h): the index arrays a mask mod sees, shaped for the batch layout
 
     @property
     def empty(self) -> bool:
         return (self.keep is None and self.bias is None and self.causal_offset is None
-                and self.key_lengths is None)
+                and self.key_lengths is None and self.query_lengths is None and self.mask_mod is None)
 
 
 def _causal_offset(causal: Any, n: int, m: int) -> int | None:
@@ -56,7 +64,7 @@ def _causal_offset(causal: Any, n: int, m: int) -> int | None:
 
 
 def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: int,
-              batch: tuple[int, ...], dtype: Any) -> MaskSpec:
+              batch: tuple[int, ...], dtype: Any, query_lengths: Any = None) -> MaskSpec:
     """Validate the mask arguments of an attention call and return their canonical form.
 
     ``batch`` is the broadcast leading shape of q, k, v; ``dtype`` the working float dtype.
@@ -87,21 +95,27 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
             msg = f"mask must have dtype bool (True = keep) or a real floating dtype (additive), got {mask.dtype}"
             raise TypeError(msg)
     if key_lengths is not None:
-        if not hasattr(key_lengths, "dtype") or not xp.isdtype(key_lengths.dtype, "integral"):
-            msg = (f"key_lengths must be an integer array broadcastable to the batch shape {batch}, "
-                   f"got {getattr(key_lengths, 'dtype', type(key_lengths).__name__)}")
-            raise TypeError(msg)
-        try:
-            full = broadcast_shapes(key_lengths.shape, batch)
-        except ValueError:
-            full = None
-        if full != batch:
-            msg = f"key_lengths must be broadcastable to the batch shape {batch}, got shape {tuple(key_lengths.shape)}"
-            raise ValueError(msg)
-        if bool(xp.any(key_lengths < 0)) or bool(xp.any(key_lengths > m)):
-            msg = f"key_lengths must lie in [0, m] = [0, {m}]"
-            raise ValueError(msg)
-    return MaskSpec(keep, bias, offset, key_lengths, n, m)
+        _check_lengths(xp, "key_lengths", key_lengths, batch, m, "m")
+    if query_lengths is not None:
+        _check_lengths(xp, "query_lengths", query_lengths, batch, n, "n")
+    return MaskSpec(keep, bias, offset, key_lengths, n, m, query_lengths)
+
+
+def _check_lengths(xp: Any, name: str, lengths: Any, batch: tuple[int, ...], size: int, letter: str) -> None:
+    if not hasattr(lengths, "dtype") or not xp.isdtype(lengths.dtype, "integral"):
+        msg = (f"{name} must be an integer array broadcastable to the batch shape {batch}, "
+               f"got {getattr(lengths, 'dtype', type(lengths).__name__)}")
+        raise TypeError(msg)
+    try:
+        full = broadcast_shapes(lengths.shape, batch)
+    except ValueError:
+        full = None
+    if full != batch:
+        msg = f"{name} must be broadcastable to the batch shape {batch}, got shape {tuple(lengths.shape)}"
+        raise ValueError(msg)
+    if bool(xp.any(lengths < 0)) or bool(xp.any(lengths > size)):
+        msg = f"{name} must lie in [0, {letter}] = [0, {size}]"
+        raise ValueError(msg)
 
 
 def _slice2(a: Any, i0: int, i1: int, j0: int, j1: int) -> Any:
@@ -127,6 +141,16 @@ def mask_block(xp: Any, spec: MaskSpec, i0: int, i1: int, j0: int, j1: int,
         lengths = xp.astype(spec.key_lengths, xp.int64)
         pad = j < lengths[..., None, None]
         keep = pad if keep is None else keep & pad
+    if spec.query_lengths is not None:
+        i = xp.arange(i0, i1, device=dev)[:, None]
+        pad = i < xp.astype(spec.query_lengths, xp.int64)[..., None, None]
+        keep = pad if keep is None else keep & pad
+    if spec.mask_mod is not None:
+        b, h = spec.index
+        i = xp.arange(i0, i1, dtype=xp.int64, device=dev)[:, None]
+        j = xp.arange(j0, j1, dtype=xp.int64, device=dev)[None, :]
+        mm = spec.mask_mod._keep(b, h, i, j, (i, j, spec.m - spec.n))
+        keep = mm if keep is None else keep & mm
     bias = None if spec.bias is None else _slice2(spec.bias, i0, i1, j0, j1)
     return keep, bias
 

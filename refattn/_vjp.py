@@ -26,6 +26,9 @@ def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callabl
 
     ``pullback(dout)`` returns the method's ``Grads`` named tuple: one cotangent per array
     argument in order (``dq, dk, dv`` and then one per parameter), each with its argument's shape.
+    A function returning a tuple (``softmax_attention(..., return_lse=True)`` returns ``(out, lse)``,
+    ``merge_attention`` too) takes a tuple of cotangents, ``None`` for a zero one
+    (an array alone is the first output's cotangent, the others zero).
 
     Examples
     --------
@@ -39,22 +42,38 @@ def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callabl
         raise TypeError(msg)
     out, residuals = spec.forward(*args, **kwargs)
 
-    def pullback(dout: Any) -> Any:
-        xp = namespace(out)
+    def check(o: Any, g: Any, name: str) -> None:
+        xp = namespace(o)
         try:
-            same_ns = namespace(dout) is xp
+            same_ns = namespace(g) is xp
         except TypeError:
             same_ns = False
         if not same_ns:
-            msg = f"dout must be an array of the same library as the output, got {type(dout).__name__}"
+            msg = f"{name} must be an array of the same library as the output, got {type(g).__name__}"
             raise TypeError(msg)
-        if tuple(dout.shape) != tuple(out.shape) or dout.dtype != out.dtype:
-            msg = (f"dout must match the output's shape {tuple(out.shape)} and dtype {out.dtype}, "
-                   f"got shape {tuple(dout.shape)} and dtype {dout.dtype}")
+        if tuple(g.shape) != tuple(o.shape) or g.dtype != o.dtype:
+            msg = (f"{name} must match the output's shape {tuple(o.shape)} and dtype {o.dtype}, "
+                   f"got shape {tuple(g.shape)} and dtype {g.dtype}")
             raise ValueError(msg)
-        if device(dout) != device(out):
-            msg = f"dout must be on the output's device {device(out)}, got {device(dout)}"
+        if device(g) != device(o):
+            msg = f"{name} must be on the output's device {device(o)}, got {device(g)}"
             raise ValueError(msg)
+
+    def pullback(dout: Any) -> Any:
+        if isinstance(out, tuple):  # several outputs (e.g. (out, lse)): one cotangent each, None = zero
+            if not isinstance(dout, (tuple, list)):  # the first output's cotangent alone: the others zero
+                dout = (dout, *([None] * (len(out) - 1)))
+            if len(dout) != len(out):
+                msg = f"dout must be a tuple of {len(out)} cotangents (one per output; None for zero), got {len(dout)}"
+                raise TypeError(msg)
+            if dout[0] is None:
+                msg = "dout[0] (the cotangent of the first output) must be an array"
+                raise TypeError(msg)
+            for i, (o, g) in enumerate(zip(out, dout)):
+                if g is not None:
+                    check(o, g, f"dout[{i}]")
+            return spec.backward(residuals, tuple(dout))
+        check(out, dout, "dout")
         return spec.backward(residuals, dout)
 
     return out, pullback

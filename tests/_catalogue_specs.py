@@ -145,6 +145,10 @@ def _segment_means(n: int = N, m: int = M) -> tuple[list[Any], dict[str, Any]]:
     return [_g(25, 2, n, D), 2], {}
 
 
+def _merge(n: int = N, m: int = M) -> tuple[list[Any], dict[str, Any]]:
+    return [_g(26, 2, 2, n, DV), _g(27, 2, 2, n)], {}
+
+
 def _method(name: str, build: Callable[..., tuple[list[Any], dict[str, Any]]], *, variant: str = "",
             names: tuple[str, ...] | None = None, sizes: dict[str, Any] | None = None) -> Spec:
     """The spec of a declared attention method: function, argument names, parameter positions and
@@ -195,6 +199,7 @@ SPECS: list[Spec] = [
     _function(refattn.multi_head_attention, ("x", "w_q", "w_k", "w_v", "w_o"), _mha, params=(1, 2, 3, 4),
               sizes={"heads": 2}),
     _function(refattn.causal_dot, ("a", "b", "c"), _causal_dot, sizes={"chunk": 2}),
+    _function(refattn.merge_attention, ("outs", "lses"), _merge),
 ]
 
 # Host-side samplers: (name, callable(**sizes), valid sizes)
