@@ -6,6 +6,7 @@ refattn's modules on NumPy and on array-api-strict (``xp`` in the examples is th
 
 from __future__ import annotations
 
+import copy
 import doctest
 import importlib
 import os
@@ -59,7 +60,7 @@ def _examples() -> list[tuple[str, doctest.DocTest]]:
         mod = importlib.import_module(name)
         for test in finder.find(mod, name):
             if test.examples and test.name not in {t.name for _, t in out}:
-                out.append((test.name, test))
+                out.append((test.name, test))  # test.globs: the module's namespace
     return out
 
 
@@ -76,9 +77,11 @@ def test_docstring_examples(name, namespace):
 
     import refattn
 
-    test = dict(EXAMPLES)[name]
-    test.globs = {**test.globs, "np": np, "xp": xp, "refattn": refattn}
+    test = copy.copy(dict(EXAMPLES)[name])
+    module = importlib.import_module(test.globs["__name__"])
+    test.globs = {**vars(module), "np": np, "xp": xp, "refattn": refattn}
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    runner.run(test, out=lambda s: sys.stdout.write(s))
+    runner.run(test, out=sys.stdout.write, clear_globs=False)
     result = runner.summarize(verbose=False)
+    assert result.attempted > 0, name
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed on {namespace}"
