@@ -14,7 +14,7 @@ Nothing here keeps a list of methods, functions, modules or pages by hand:
   ``refattn verify --quick``; ``python docs/_generate.py --refresh-ledger`` rewrites it, and
   ``REFATTN_DOCS_VERIFY=1`` makes the build run ``refattn verify --quick`` itself);
 - ``_gen/performance.md``: ``benchmarks/RESULTS.md``, its figure paths pointed at the repository;
-- ``_gen/toctree.rst``: the table of contents: the hand-written pages in ``docs/`` (every ``*.md``
+- ``_gen/toctree.inc`` (included by ``index.rst``): the table of contents: the hand-written pages in ``docs/`` (every ``*.md``
   and ``*.rst`` there, whichever exist) and the generated ones.
 """
 
@@ -516,7 +516,7 @@ def write_toctree(gen: Path, pages: set[str]) -> None:
     present = pages | {"_gen/methods/index", "_gen/ledger", "_gen/performance", "_gen/api/index"}
     order = [p for p in ORDER if p in present] + sorted(p for p in present if p not in ORDER)
     out = [".. toctree::", "   :maxdepth: 1", ""] + [f"   /{p}" for p in order] + [""]
-    (gen / "toctree.rst").write_text("\n".join(out), encoding="utf-8")
+    (gen / "toctree.inc").write_text("\n".join(out), encoding="utf-8")
 
 
 def generate(docs: Path = DOCS) -> None:
