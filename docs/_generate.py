@@ -14,8 +14,8 @@ Nothing here keeps a list of methods, functions, modules or pages by hand:
   ``refattn verify --quick``; ``python docs/_generate.py --refresh-ledger`` rewrites it, and
   ``REFATTN_DOCS_VERIFY=1`` makes the build run ``refattn verify --quick`` itself);
 - ``_gen/performance.md``: ``benchmarks/RESULTS.md``, its figure paths pointed at the repository;
-- ``_gen/toctree.inc`` (included by ``index.rst``): the table of contents: the hand-written pages in ``docs/`` (every ``*.md``
-  and ``*.rst`` there, whichever exist) and the generated ones.
+- ``_gen/toctree.inc`` (included by ``index.rst``): the table of contents: the hand-written pages in
+  ``docs/`` (every ``*.md`` and ``*.rst`` there, whichever exist) and the generated ones.
 """
 
 from __future__ import annotations
