@@ -1,11 +1,12 @@
 """Hypothesis strategies for attention test cases: ``refattn.testing.strategies``.
 
 >>> from refattn.testing import strategies as rst
->>> from hypothesis import given
->>> @given(rst.cases("softmax", masks=["none", "causal"]))     # doctest: +SKIP
-... def test_mine(case):
-...     m = rst.materialize(case, refattn.backends.get("torch"), "float16")
-...     ...
+>>> from hypothesis import given, settings
+>>> @given(rst.cases("softmax", masks=["none", "causal"]))
+... @settings(max_examples=3, deadline=None)
+... def test_mine(case):     # e.g. refattn.backends.get("torch"), "float16"
+...     m = rst.materialize(case, refattn.backends.get(xp.__name__), "float32")
+>>> test_mine()
 
 A :class:`Case` holds only sizes, a mask kind, magnitudes and a seed (so Hypothesis shrinks it to
 small sizes and simple masks); :func:`materialize` draws its arrays deterministically from the seed.

@@ -32,8 +32,12 @@ def vjp(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callabl
 
     Examples
     --------
-    >>> out, pullback = refattn.vjp(refattn.softmax_attention, q, k, v, causal=True)  # doctest: +SKIP
-    >>> dq, dk, dv = pullback(dout)                                                   # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (xp.asarray(rng.standard_normal((2, 16, 8))) for _ in range(3))
+    >>> out, pullback = refattn.vjp(refattn.softmax_attention, q, k, v, causal=True)
+    >>> dq, dk, dv = pullback(xp.ones_like(out))
+    >>> tuple(dq.shape) == tuple(q.shape)
+    True
     """
     spec = lookup(fn)
     if spec is None:

@@ -353,8 +353,9 @@ def fwht(x: Any, /, *, axis: int = -1, normalized: bool = True, pad: bool = Fals
 
     Examples
     --------
-    >>> fwht(xp.asarray([1.0, 0.0, 0.0, 0.0]), normalized=False)   # doctest: +SKIP
-    array([1., 1., 1., 1.])
+    >>> y = fwht(xp.asarray([1.0, 0.0, 0.0, 0.0]), normalized=False)
+    >>> [float(t) for t in y]
+    [1.0, 1.0, 1.0, 1.0]
     """
     return fwht_forward(x, axis=axis, normalized=normalized, pad=pad, impl=impl)[0]
 

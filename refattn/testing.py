@@ -16,13 +16,12 @@ Checking an implementation (any library: NumPy, CuPy, torch, JAX, ...)
   with fixtures ``refattn_backend``, ``refattn_dtype``, ``refattn_check``.
 - ``refattn check METHOD --inputs in.npz --outputs out.npz [--grads grads.npz]`` on dumped tensors.
 
->>> import torch, refattn.testing as rt                                          # doctest: +SKIP
->>> sdpa = lambda q, k, v, *, mask=None, causal=False: torch.nn.functional.scaled_dot_product_attention(
-...     q, k, v, attn_mask=mask, is_causal=bool(causal))                        # doctest: +SKIP
->>> report = rt.check_attention(sdpa, "softmax", backend="torch", dtype="float16")  # doctest: +SKIP
->>> print(report); report.raise_if_failed()                                      # doctest: +SKIP
->>> rt.assert_attention_close(my_out, refattn.softmax_attention(q64, k64, v64),
-...                           inputs=(q, k, v))                                  # doctest: +SKIP
+>>> import refattn.testing as rt
+>>> def my_kernel(q, k, v, *, mask=None, causal=False):   # e.g. torch SDPA, with backend="torch"
+...     return refattn.softmax_attention(q, k, v, mask=mask, causal=causal)
+>>> report = rt.check_attention(my_kernel, "softmax", backend=xp.__name__, dtype="float32", grads=False,
+...                             max_examples=5)   # torch tensors: grads=True through autograd
+>>> report.raise_if_failed()
 
 Helpers for refattn's own tests
 -------------------------------
@@ -582,9 +581,12 @@ def assert_attention_close(actual: Any, desired: Any, *, dtype: Any = None, rtol
 
     Examples
     --------
-    >>> out16 = my_kernel(q16, k16, v16)                                            # doctest: +SKIP
-    >>> ref = refattn.softmax_attention(*(x.double() for x in (q16, k16, v16)))      # doctest: +SKIP
-    >>> assert_attention_close(out16, ref, inputs=(q16, k16, v16))                   # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (xp.asarray(rng.standard_normal((16, 8)), dtype=xp.float32) for _ in range(3))
+    >>> out32 = refattn.softmax_attention(q, k, v)      # the kernel under test, in float32
+    >>> ref = refattn.softmax_attention(*(xp.astype(x, xp.float64) for x in (q, k, v)))
+    >>> assert_attention_close(out32, ref, inputs=(q, k, v)).n_bad
+    0
     """
     prefix = f"{err_msg}: " if err_msg else ""
     a, a_dt = to_host64(actual, "actual")

@@ -698,7 +698,11 @@ def heat_attention(q: Any, k: Any, v: Any, /, *, rank: int | None = None, readin
 
     Examples
     --------
-    >>> out = heat_attention(q, k, v, rank=8, reading="features", basis="qk")  # doctest: +SKIP
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = (xp.asarray(rng.standard_normal((2, 16, 8))) for _ in range(3))
+    >>> out = heat_attention(q, k, v, rank=4, reading="features", basis="qk")
+    >>> tuple(out.shape)
+    (2, 16, 8)
     """
     return forward(q, k, v, rank=rank, reading=reading, basis=basis, mask=mask, causal=causal, scale=scale,
                    key_lengths=key_lengths, impl=impl, block_q=block_q, block_k=block_k, gap_rtol=gap_rtol,
