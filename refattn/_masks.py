@@ -12,7 +12,9 @@ refattn accepts, on every method that can honour them:
   with a key/value cache, where the last query sees every key). For ``n == m`` they coincide.
   A causal mask is never materialised as an ``(n, m)`` array: each block computes its own piece.
 - ``key_lengths``: an integer array broadcastable to the batch shape ``(...)``; key ``j`` is kept
-  iff ``j < key_lengths`` (key-padding masks).
+  iff ``j < key_lengths`` (key-padding masks). It must be a scalar or have the batch's rank: a
+  ``(b,)`` array against a ``(b, h)`` batch would broadcast against the heads, so a non-scalar
+  ``key_lengths`` of lower rank (other than all-ones shapes) raises ``ValueError`` naming the axes.
 
 All three combine by logical AND (the additive mask is added where the others keep).
 """
@@ -97,6 +99,15 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
             full = None
         if full != batch:
             msg = f"key_lengths must be broadcastable to the batch shape {batch}, got shape {tuple(key_lengths.shape)}"
+            raise ValueError(msg)
+        if 0 < key_lengths.ndim < len(batch) and any(s != 1 for s in key_lengths.shape):
+            # trailing broadcasting would align a (b,) array with the *last* batch axis (the heads of a
+            # (b, h) batch), silently wrong when b == h
+            axes = ", ".join(f"axis {i} (size {s})" for i, s in enumerate(batch))
+            msg = (f"key_lengths of shape {tuple(key_lengths.shape)} is ambiguous against the batch shape {batch}: "
+                   f"broadcasting aligns its axes with the last {key_lengths.ndim} batch axes, not the first; "
+                   f"give it the batch's rank {len(batch)} (its axes match {axes}, size 1 to broadcast), "
+                   f"e.g. shape {(batch[0],) + (1,) * (len(batch) - 1)} for one length per leading batch element")
             raise ValueError(msg)
         if bool(xp.any(key_lengths < 0)) or bool(xp.any(key_lengths > m)):
             msg = f"key_lengths must lie in [0, m] = [0, {m}]"
