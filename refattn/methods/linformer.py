@@ -18,8 +18,9 @@ Shapes: the survey writes ``E, F in R^{n x k}`` in Theorem 2 and ``R^{k x n}`` i
 ``(k, m)`` makes ``E K`` (``(k, m) @ (m, d)``) defined, so that is what is accepted; a ``(m, k)``
 array raises ``ValueError`` (unless ``k == m``: a **square** ``E`` is accepted in either orientation, so
 the transpose of lucidrains' ``proj_k`` (``(seq_len, k)``, applied as ``einsum('bnd,nk->bkd')``) must be
-passed, ``E = proj_k[:m].T``; an untransposed square one is silently a different projection). ``k > m`` is rejected: the projection would not
-reduce anything and Linformer's JL lemma assumes ``k <= m``.
+passed, ``E = proj_k[:m].T``; an untransposed square one is silently a different projection).
+``k > m`` is rejected: the projection would not reduce anything and Linformer's JL lemma assumes
+``k <= m``.
 
 The softmax part is exactly :func:`refattn.softmax_attention` (dense path) applied to
 ``(q, E K, F V)`` (through ``_softmax_dense``, the one call into the softmax module, with the
