@@ -12,7 +12,10 @@ refattn accepts, on every method that can honour them:
   with a key/value cache, where the last query sees every key). For ``n == m`` they coincide.
   A causal mask is never materialised as an ``(n, m)`` array: each block computes its own piece.
 - ``key_lengths``: an integer array broadcastable to the batch shape ``(...)``; key ``j`` is kept
-  iff ``j < key_lengths`` (key-padding masks).
+  iff ``j < key_lengths`` (key-padding masks). It must be a scalar or have the batch's rank: a
+  ``(b,)`` array against a ``(b, h)`` batch would broadcast against the heads, so a non-scalar
+  ``key_lengths`` (or ``query_lengths``) of lower rank (other than all-ones shapes) raises
+  ``ValueError`` naming the axes.
 
 All three combine by logical AND (the additive mask is added where the others keep).
 
@@ -112,6 +115,15 @@ def _check_lengths(xp: Any, name: str, lengths: Any, batch: tuple[int, ...], siz
         full = None
     if full != batch:
         msg = f"{name} must be broadcastable to the batch shape {batch}, got shape {tuple(lengths.shape)}"
+        raise ValueError(msg)
+    if 0 < lengths.ndim < len(batch) and any(s != 1 for s in lengths.shape):
+        # trailing broadcasting would align a (b,) array with the *last* batch axis (the heads of a
+        # (b, h) batch), silently wrong when b == h
+        axes = ", ".join(f"axis {i} (size {s})" for i, s in enumerate(batch))
+        msg = (f"{name} of shape {tuple(lengths.shape)} is ambiguous against the batch shape {batch}: "
+               f"broadcasting aligns its axes with the last {lengths.ndim} batch axes, not the first; "
+               f"give it the batch's rank {len(batch)} (its axes match {axes}, size 1 to broadcast), "
+               f"e.g. shape {(batch[0],) + (1,) * (len(batch) - 1)} for one length per leading batch element")
         raise ValueError(msg)
     if bool(xp.any(lengths < 0)) or bool(xp.any(lengths > size)):
         msg = f"{name} must lie in [0, {letter}] = [0, {size}]"

@@ -102,6 +102,9 @@ class Method(Function):
         or ``None``; ``grad_error_model``: whether that model bounds the gradients too.
     oracle_options : the fixed options the error model is derived for (the oracle's call).
     adapt_shape : ``(Shape, mask_kind) -> Shape`` making a drawn test shape one the method accepts.
+    presets : name -> options: the keyword options with which the method reproduces a public
+        implementation's conventions (``fn(q, k, v, *params, **method.presets["performer"])``); the
+        peer, its version and what each option changes are in ``docs/peer_conventions.md``.
     """
 
     summary: str = ""
@@ -118,6 +121,7 @@ class Method(Function):
     grad_error_model: bool = False
     oracle_options: Mapping[str, Any] = field(default_factory=dict)
     adapt_shape: Callable[[Any, str], Any] | None = None
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -505,7 +505,7 @@ def test_bad_input(backend):
         f(backend.asarray(bad_q), k, v, w, check_finite=False)
     for kw, match in (({"scale": -1.0}, "scale must be positive"), ({"scale": 0.0}, "scale must be positive"),
                       ({"sigma": 0.0}, r"sigma must be a finite real number in \(0"), ({"sigma": 1.0, "scale": 1.0}, "not both"),
-                      ({"features": "relu"}, "features must be one of"), ({"kernel": "laplace"}, "kernel must be"),
+                      ({"features": "cosine"}, "features must be one of"), ({"kernel": "laplace"}, "kernel must be"),
                       ({"invalid_normalizer": "nan"}, "invalid_normalizer must"), ({"chunk": 0}, "chunk must"),
                       ({"errors": "zero"}, "errors must be one of"), ({"invalid_rows": "nan"}, "invalid_rows must")):
         with pytest.raises(ValueError, match=match):

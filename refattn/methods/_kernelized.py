@@ -35,7 +35,10 @@ eps and non-positive normalisers
 --------------------------------
 ``eps >= 0`` is added to the normaliser, ``r_i = phi_q,i^T z_i + eps`` (the placement of the
 official fast-transformers code, ``1 / (phi(Q) . sum phi(K) + eps)``; the paper's formula has no eps).
-For non-negative features ``r_i >= eps``. ``r_i == 0`` with a zero numerator (a query that sees no
+For non-negative features ``r_i >= eps``. ``eps_placement="prefix"`` adds ``eps`` to every component
+of the key sum instead, ``r_i = phi_q,i^T (z_i + eps 1) = phi_q,i^T z_i + eps sum_l phi_q,il`` (the
+placement of performer-pytorch's causal path, ``k.cumsum(dim=-2) + eps``); its backward adds
+``eps * dr_i`` to every component of ``dphi_q,i``. ``r_i == 0`` with a zero numerator (a query that sees no
 key, or every feature product underflowing with ``eps = 0``) is the *empty row*: output zeros and
 zero gradient, as ``softmax_attention`` returns for fully masked rows. A normaliser ``r_i < 0``, or
 ``r_i == 0`` with a non-zero numerator, can only come from sign-indefinite features (``"identity"``,
@@ -86,9 +89,11 @@ from .._xp import device, namespace, unbroadcast
 from ._prefix import DEFAULT_CHUNK, _causal_dot, causal_dot_backward
 
 __all__ = ["kernelized_forward", "kernelized_backward", "KernelizedResiduals", "CoreOptions",
-           "kernelized_flops", "causal_dot_flops", "NORMALIZER_RULES", "DEFAULT_CHUNK"]
+           "kernelized_flops", "causal_dot_flops", "NORMALIZER_RULES", "EPS_PLACEMENTS", "DEFAULT_CHUNK"]
 
 NORMALIZER_RULES = ("nonzero", "positive")
+#: where eps enters the normaliser: ``phi_q . z + eps`` or ``phi_q . (z + eps 1)`` (performer-pytorch, causal)
+EPS_PLACEMENTS = ("normalizer", "prefix")
 
 
 class KernelizedResiduals(NamedTuple):
@@ -107,6 +112,7 @@ class KernelizedResiduals(NamedTuple):
     pad_k: int  # rows prepended to phi_k
     chunk: int
     shapes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]  # phi_q, phi_k, v as given
+    prefix_eps: float = 0.0  # eps of eps_placement="prefix" (0 otherwise)
 
 
 def _pad_rows(xp: Any, x: Any, front: int, length: int) -> Any:
@@ -171,6 +177,7 @@ class CoreOptions:
     message: Callable[[Any, Any, Any], str] | None = None
     error: type[Exception] = ValueError
     method: str = "kernelized attention"
+    eps_placement: str = "normalizer"  # EPS_PLACEMENTS: r = phi_q.z + eps, or phi_q.(z + eps 1) ("prefix")
 
 
 def _check_normalizers(xp: Any, r: Any, numer: Any, key_keep: Any, n: int, m: int, offset: int | None,
@@ -262,7 +269,12 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, opts: CoreOptions | No
         phi_k = _pad_rows(xp, phi_k, pad_k, length)
         c = _pad_rows(xp, c, pad_k, length)
         num = _causal_dot(xp, phi_q, phi_k, c, chunk, False)[..., pad_q:, :]
-    r = num[..., dv] + opts.eps
+    if opts.eps_placement == "prefix":
+        prefix_eps = opts.eps
+        r = num[..., dv] + opts.eps * xp.sum(phi_q[..., pad_q:, :], axis=-1)
+    else:
+        prefix_eps = 0.0
+        r = num[..., dv] + opts.eps
     numer = num[..., :dv]
     valid, all_valid = _check_normalizers(xp, r, numer, key_keep, n, m, offset, device(v), opts)
     if all_valid:  # the common case (every row has a usable normaliser): one division
@@ -271,7 +283,7 @@ def kernelized_forward(phi_q: Any, phi_k: Any, v: Any, /, opts: CoreOptions | No
         safe = xp.where(valid, r, 1.0)
         out = xp.where(valid[..., None], numer / safe[..., None], 0.0)
     res = KernelizedResiduals(phi_q, phi_k, c, state, out, r, valid, key_keep, offset, pad_q, pad_k, chunk,
-                              shapes)
+                              shapes, prefix_eps)
     return out, res
 
 
@@ -294,6 +306,8 @@ def kernelized_backward(res: KernelizedResiduals, dout: Any, /) -> tuple[Any, An
         dphi_q = da[..., res.pad_q:, :]
         dphi_k = _unpad_rows(xp, db, res.pad_k, m)
         dc = _unpad_rows(xp, dc, res.pad_k, m)
+    if res.prefix_eps:
+        dphi_q = dphi_q + g[..., res.pad_q:, dv:] * res.prefix_eps
     if res.key_keep is not None:
         dphi_k = xp.where(res.key_keep[..., None], dphi_k, 0.0)
     dv_ = dc[..., :dv]

@@ -16,8 +16,11 @@ for ``q, k, v, E, F``, each un-broadcast to its argument's shape.
 
 Shapes: the survey writes ``E, F in R^{n x k}`` in Theorem 2 and ``R^{k x n}`` in the text; only
 ``(k, m)`` makes ``E K`` (``(k, m) @ (m, d)``) defined, so that is what is accepted; a ``(m, k)``
-array raises ``ValueError`` (unless ``k == m``). ``k > m`` is rejected: the projection would not
-reduce anything and Linformer's JL lemma assumes ``k <= m``.
+array raises ``ValueError`` (unless ``k == m``: a **square** ``E`` is accepted in either orientation, so
+the transpose of lucidrains' ``proj_k`` (``(seq_len, k)``, applied as ``einsum('bnd,nk->bkd')``) must be
+passed, ``E = proj_k[:m].T``; an untransposed square one is silently a different projection).
+``k > m`` is rejected: the projection would not reduce anything and Linformer's JL lemma assumes
+``k <= m``.
 
 The softmax part is exactly :func:`refattn.softmax_attention` (dense path) applied to
 ``(q, E K, F V)`` (through ``_softmax_dense``, the one call into the softmax module, with the
@@ -157,8 +160,9 @@ def _validate(q: Any, k: Any, v: Any, E: Any, F: Any, *, mask: Any, causal: Any,
         if p.shape[-1] != m:
             hint = ""
             if p.shape[-2] == m:
-                hint = (" (it looks like an (m, k) matrix: the survey's 'E in R^{n x k}' does not make "
-                        "E K defined; pass the (k, m) transpose)")
+                hint = (" (it looks like an (m, k) matrix, the orientation of the survey's 'E in R^{n x k}' "
+                        "and of lucidrains' linformer proj_k (seq_len, k): pass the (k, m) transpose, "
+                        "E = proj_k[:m].T; a square E (k == m) cannot be told apart, so transpose it too)")
             msg = (f"{name} must have shape (..., k, m) = (..., k, {m}), projecting the m = {m} keys "
                    f"to k rows, got {tuple(p.shape)}{hint}")
             raise ValueError(msg)
@@ -336,6 +340,10 @@ def linformer_attention(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any 
     q, k, v : arrays ``(..., n, d)``, ``(..., m, d)``, ``(..., m, dv)``
     E, F : arrays ``(..., k, m)``
         Key and value projections, ``1 <= k <= m``; leading dimensions broadcast (shared or per head).
+        Orientation ``(k, m)``: ``E K`` is ``(k, m) @ (m, d)``. lucidrains' ``linformer`` stores
+        ``proj_k``, ``proj_v`` as ``(seq_len, k)`` and applies ``einsum('bnd,nk->bkd')``: pass
+        ``E = proj_k[:m].T``, ``F = proj_v[:m].T``. A **square** ``E`` (``k == m``) is accepted in
+        either orientation, so a peer's untransposed square matrix is *not* detected: transpose it.
     mask : boolean array ``(..., 1, m)``, optional
         Key padding only, applied to K and V before the projection.
     causal : must be False (rejected: the projection mixes future positions).

@@ -171,10 +171,17 @@ __all__ = [
     "iterative_pinv", "exact_pinv", "pinv_iterates", "PinvGrads",
     "PinvConvergenceError", "PinvConvergenceWarning",
     "segment_bounds", "segment_means", "exact_pinv_flops",
-    "PINV_MODES", "ON_DIVERGENCE", "DEFAULT_ITERATIONS",
+    "PINV_MODES", "PINV_INITS", "SEGMENTS", "PRESETS", "ON_DIVERGENCE", "DEFAULT_ITERATIONS",
 ]
 
 PINV_MODES = ("iterative", "exact")
+#: the maxima of Z_0's scale: per landmark matrix (the paper, default) or over the whole batch, every
+#: head included (lucidrains' ``torch.max(col) * torch.max(row)``: one head's output depends on the others)
+PINV_INITS = ("per_matrix", "global")
+#: segment-means landmarks when m does not divide the length: balanced segments of the real rows
+#: (default) or zero rows prepended up to a multiple of m (lucidrains' ``F.pad(x, (0, 0, padding, 0))``),
+#: which then join every softmax and the landmark means
+SEGMENTS = ("balanced", "front_pad")
 #: the values of the failure policy ``errors`` (and of its deprecated name ``on_divergence``)
 ON_DIVERGENCE = ERRORS
 DEFAULT_ITERATIONS = 6
@@ -200,6 +207,7 @@ class PinvOptions:
     rtol: float | None = None  # exact mode: rtol of xp.linalg.pinv
     tol: float | None = None  # iterative mode: pinv_tol, the convergence requirement
     errors: str = "raise"  # the divergence policy, ERRORS
+    init: str = "per_matrix"  # PINV_INITS: the maxima of the paper's alpha per matrix or over the batch
 
     @property
     def checked(self) -> bool:
@@ -209,7 +217,7 @@ class PinvOptions:
 
 def _pinv_options(*, mode: Any = "iterative", iterations: Any = DEFAULT_ITERATIONS, init_scale: Any = None,
                   rtol: Any = None, tol: Any = None, errors: Any = None, on_divergence: Any = None,
-                  rtol_name: str = "pinv_rtol") -> PinvOptions:
+                  rtol_name: str = "pinv_rtol", init: Any = "per_matrix") -> PinvOptions:
     """Validate the pseudoinverse's options (user-facing names in the messages) into :class:`PinvOptions`."""
     return PinvOptions(
         mode=check_choice("pinv", mode, PINV_MODES),
@@ -217,7 +225,8 @@ def _pinv_options(*, mode: Any = "iterative", iterations: Any = DEFAULT_ITERATIO
         init_scale=check_real("init_scale", init_scale, allow_none=True),
         rtol=check_real(rtol_name, rtol, minimum=0.0, allow_none=True),
         tol=check_real("pinv_tol", tol, minimum=0.0, open_min=True, allow_none=True),
-        errors=legacy_policy(errors, {"on_divergence": on_divergence}))
+        errors=legacy_policy(errors, {"on_divergence": on_divergence}),
+        init=check_choice("pinv_init", init, PINV_INITS))
 
 
 def _check_kernel_size(conv_kernel_size: Any) -> int | None:
@@ -237,6 +246,7 @@ class Options:
     scale: float  # the logit scale s
     conv_kernel_size: int | None  # K of the convolution skip (its weight is the last parameter)
     pinv: PinvOptions
+    segments: str = "balanced"  # SEGMENTS
 
 
 # ----------------------------------------------------------------------------- segment means
@@ -360,6 +370,7 @@ class _PinvRes(NamedTuple):
     rowsum_max: Any
     mode: str
     given_scale: bool
+    init: str = "per_matrix"
 
 
 class PinvGrads(NamedTuple):
@@ -370,14 +381,20 @@ def _eye(xp: Any, m: int, dtype: Any, dev: Any) -> Any:
     return xp.eye(m, dtype=dtype, device=dev)
 
 
-def _paper_init(xp: Any, a: Any) -> tuple[Any, Any, Any]:
-    """``alpha = 1 / (max abs column sum * max abs row sum)`` per matrix, shape ``(..., 1, 1)``.
+def _paper_init(xp: Any, a: Any, init: str = "per_matrix") -> tuple[Any, Any, Any]:
+    """``alpha = 1 / (max abs column sum * max abs row sum)`` per matrix, shape ``(..., 1, 1)``
+    (``init="global"``: both maxima over every matrix of the batch, shape ``(1, ..., 1)``).
 
     ``alpha = 0`` for ``A = 0`` (then ``Z_0 = 0 = A^+``). Costs ``4 m^2`` flops with the ``Z_0`` product.
     """
     aa = xp.abs(a)
-    c = xp.max(xp.sum(aa, axis=-2), axis=-1, keepdims=True)[..., None]  # (..., 1, 1)
-    r = xp.max(xp.sum(aa, axis=-1), axis=-1, keepdims=True)[..., None]
+    if init == "global":
+        c = xp.max(xp.sum(aa, axis=-2), keepdims=True)  # (1, ..., 1): rank of a - 1
+        r = xp.max(xp.sum(aa, axis=-1), keepdims=True)
+        c, r = c[..., None], r[..., None]
+    else:
+        c = xp.max(xp.sum(aa, axis=-2), axis=-1, keepdims=True)[..., None]  # (..., 1, 1)
+        r = xp.max(xp.sum(aa, axis=-1), axis=-1, keepdims=True)[..., None]
     cr = c * r
     alpha = 1.0 / xp.where(cr > 0, cr, 1.0)
     alpha = xp.where(cr > 0, alpha, 0.0)
@@ -474,10 +491,11 @@ def _pinv_forward(xp: Any, a: Any, opts: PinvOptions) -> tuple[Any, _PinvRes]:
     """The pseudoinverse of ``a`` per ``opts`` (valid input assumed), with its residuals."""
     if opts.mode == "exact":
         z = xp.linalg.pinv(a, rtol=opts.rtol) if opts.rtol is not None else xp.linalg.pinv(a)
-        return z, _PinvRes(a, z, (), None, None, None, opts.mode, False)
+        return z, _PinvRes(a, z, (), None, None, None, opts.mode, False, opts.init)
     if opts.init_scale is None:
-        alpha, c, r = _paper_init(xp, a)
-        init_desc = "the paper's Z_0 = A^T/(||A||_1 ||A||_inf)"
+        alpha, c, r = _paper_init(xp, a, opts.init)
+        init_desc = "the paper's Z_0 = A^T/(||A||_1 ||A||_inf)" + (
+            " (maxima over the whole batch)" if opts.init == "global" else "")
     else:
         alpha, c, r = opts.init_scale, None, None
         init_desc = f"Z_0 = {opts.init_scale:g} A^T"
@@ -493,7 +511,7 @@ def _pinv_forward(xp: Any, a: Any, opts: PinvOptions) -> tuple[Any, _PinvRes]:
                 x0 = x
     if opts.checked:
         _check_divergence(xp, a, z, x0, opts, init_desc)
-    return z, _PinvRes(a, z, tuple(iterates), alpha, c, r, opts.mode, opts.init_scale is not None)
+    return z, _PinvRes(a, z, tuple(iterates), alpha, c, r, opts.mode, opts.init_scale is not None, opts.init)
 
 
 def _pinv_backward(xp: Any, res: _PinvRes, zbar: Any) -> Any:
@@ -526,6 +544,8 @@ def _pinv_backward(xp: Any, res: _PinvRes, zbar: Any) -> Any:
     alpha, c, r = res.alpha, res.colsum_max, res.rowsum_max
     abar = abar + mt(zbar) * alpha
     alphabar = xp.sum(zbar * mt(a), axis=(-2, -1), keepdims=True)
+    if res.init == "global":
+        return _global_init_backward(xp, a, abar, xp.sum(alphabar, keepdims=True), alpha, c, r)
     pos = alpha > 0
     cbar = xp.where(pos, -alphabar * alpha / xp.where(pos, c, 1.0), 0.0)
     rbar = xp.where(pos, -alphabar * alpha / xp.where(pos, r, 1.0), 0.0)
@@ -538,6 +558,24 @@ def _pinv_backward(xp: Any, res: _PinvRes, zbar: Any) -> Any:
     sg = xp.sign(a)
     zero = xp.zeros_like(a)
     return abar + xp.where(colsel, sg * cbar, zero) + xp.where(rowsel, sg * rbar, zero)
+
+
+def _global_init_backward(xp: Any, a: Any, abar: Any, alphabar: Any, alpha: Any, c: Any, r: Any) -> Any:
+    """``pinv_init="global"``: ``alpha = 1/(c r)`` with ``c``, ``r`` the maxima of the absolute column
+    and row sums over the whole batch; ``alphabar`` summed over it; the derivative of each maximum is
+    shared evenly by the entries attaining it (torch's full-reduction ``max``)."""
+    pos = alpha > 0
+    cbar = xp.where(pos, -alphabar * alpha / xp.where(pos, c, 1.0), 0.0)
+    rbar = xp.where(pos, -alphabar * alpha / xp.where(pos, r, 1.0), 0.0)
+    aa = xp.abs(a)
+    colsums = xp.sum(aa, axis=-2, keepdims=True)  # (..., 1, m)
+    rowsums = xp.sum(aa, axis=-1, keepdims=True)  # (..., m, 1)
+    colhit = xp.astype(colsums == c, a.dtype)
+    rowhit = xp.astype(rowsums == r, a.dtype)
+    colhit = colhit / xp.sum(colhit, keepdims=True)
+    rowhit = rowhit / xp.sum(rowhit, keepdims=True)
+    sg = xp.sign(a)
+    return abar + sg * (colhit * cbar) + sg * (rowhit * rbar)
 
 
 def _iterative_pinv_forward(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scale: float | None = None,
@@ -629,6 +667,16 @@ class Residuals(NamedTuple):
     scale: float
     dtype: Any
     shapes: tuple[tuple[int, ...], ...]  # q, k, v, then each positional parameter
+    pad_q: int = 0  # segments="front_pad": zero rows prepended to q (q above is the padded array)
+    pad_k: int = 0  # ... to k and v
+
+
+def _front_pad(xp: Any, x: Any, rows: int) -> Any:
+    """``x`` with ``rows`` zero rows prepended (lucidrains' ``F.pad(x, (0, 0, rows, 0))``)."""
+    if not rows:
+        return x
+    zeros = xp.zeros((*x.shape[:-2], rows, x.shape[-1]), dtype=x.dtype, device=device(x))
+    return xp.concat([zeros, x], axis=-2)
 
 
 class Grads(NamedTuple):
@@ -739,7 +787,8 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: b
             scale: float | None = None, key_lengths: Any = None, num_landmarks: int | None = None,
             pinv: str = "iterative", iterations: int = DEFAULT_ITERATIONS, pinv_rtol: float | None = None,
             pinv_tol: float | None = None, errors: str | None = None, on_divergence: str | None = None,
-            conv_kernel_size: int | None = None, check_finite: bool = True) -> tuple[Any, Residuals]:
+            conv_kernel_size: int | None = None, pinv_init: str = "per_matrix", segments: str = "balanced",
+            check_finite: bool = True) -> tuple[Any, Residuals]:
     """Nystromformer forward pass; returns ``(out, Residuals)``. See :func:`nystrom_attention`.
 
     The whole validation: arrays, mask and options, resolved once into :class:`Options`; then the
@@ -750,7 +799,8 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: b
                "sequence, so every output depends on every key; use causal=False")
         raise ValueError(msg)
     pinv_opts = _pinv_options(mode=pinv, iterations=iterations, rtol=pinv_rtol, tol=pinv_tol, errors=errors,
-                              on_divergence=on_divergence)
+                              on_divergence=on_divergence, init=pinv_init)
+    segments = check_choice("segments", segments, SEGMENTS)
     ksize = _check_kernel_size(conv_kernel_size)
     xp, batch, m, explicit = _validate_arrays(q, k, v, params, mask=mask, key_lengths=key_lengths,
                                               num_landmarks=num_landmarks, conv_kernel_size=ksize,
@@ -759,8 +809,13 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: b
     work = compute_dtype(xp, q.dtype)
     spec = make_mask(xp, mask=mask, causal=False, key_lengths=key_lengths, n=n, m=mk, batch=batch, dtype=work)
     keep = key_padding_keep(xp, spec, device(q), method="nystrom_attention")
+    if segments == "front_pad" and keep is not None and not explicit:
+        msg = ("segments='front_pad' (lucidrains' zero padding) takes no mask or key_lengths: the peer's "
+               "masked convention (zeroed tokens, counts + 1e-8, -finfo.max fills) is not reproduced; "
+               "use segments='balanced' for masked calls")
+        raise ValueError(msg)
     kept = None if keep is None or explicit else _kept_keys(xp, keep, m)
-    opts = Options(m, explicit, resolve_scale(scale, q.shape[-1]), ksize, pinv_opts)
+    opts = Options(m, explicit, resolve_scale(scale, q.shape[-1]), ksize, pinv_opts, segments)
     return _forward(xp, work, q, k, v, params, keep, kept, opts)
 
 
@@ -777,6 +832,12 @@ def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, params: tuple[Any, ...]
     mt = xp.matrix_transpose
     m, scale = opts.num_landmarks, opts.scale
     seg_w = None
+    v_real = v
+    pad_q = pad_k = 0
+    if opts.segments == "front_pad" and not opts.explicit:
+        # lucidrains: zero rows prepended up to a multiple of m; they join every softmax and landmark mean
+        pad_q, pad_k = -q.shape[-2] % m, -k.shape[-2] % m
+        q, k, v = _front_pad(xp, q, pad_q), _front_pad(xp, k, pad_k), _front_pad(xp, v, pad_k)
     if opts.explicit:
         qt, kt = params[0], params[1]
     else:
@@ -793,12 +854,14 @@ def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, params: tuple[Any, ...]
     u = b @ v
     w = z @ u
     out = f @ w
+    if pad_q:
+        out = out[..., pad_q:, :]
     conv_w = v_padded = None
     if opts.conv_kernel_size is not None:
         conv_w = params[-1]
-        out, v_padded = _conv_forward(xp, out, v, conv_w, keep, opts.conv_kernel_size)
+        out, v_padded = _conv_forward(xp, out, v_real, conv_w, keep, opts.conv_kernel_size)
     res = Residuals(q, k, v, qt, kt, f, a, b, u, w, pres, keep, seg_w, opts.explicit, conv_w, v_padded, scale,
-                    dtype, shapes)
+                    dtype, shapes, pad_q, pad_k)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 
@@ -827,7 +890,9 @@ def backward(res: Residuals, dout: Any, /) -> Grads | GradsLandmarks | GradsConv
     shape and dtype.
     """
     xp = namespace(res.q, res.k, res.v)
-    g = xp.astype(dout, res.q.dtype) if dout.dtype != res.q.dtype else dout
+    g_out = g = xp.astype(dout, res.q.dtype) if dout.dtype != res.q.dtype else dout
+    if res.pad_q:  # the padded query rows' outputs are dropped: zero cotangent
+        g = _front_pad(xp, g, res.pad_q)
     mt = xp.matrix_transpose
     q, k, v, qt, kt, f, a, b, u, w, s = (res.q, res.k, res.v, res.qt, res.kt, res.f, res.a, res.b, res.u,
                                         res.w, res.scale)
@@ -855,8 +920,10 @@ def backward(res: Residuals, dout: Any, /) -> Grads | GradsLandmarks | GradsConv
             dk = dk + _segment_means_backward(xp, dkt, k.shape[-2])
         else:
             dk = dk + mt(res.seg_weights) @ dkt
+    if res.pad_q or res.pad_k:
+        dq, dk, dv = dq[..., res.pad_q:, :], dk[..., res.pad_k:, :], dv[..., res.pad_k:, :]
     if res.conv_w is not None:
-        dv_conv, dwc = _conv_backward(xp, g, res.conv_w, res.v_padded, res.keep)
+        dv_conv, dwc = _conv_backward(xp, g_out, res.conv_w, res.v_padded, res.keep)
         dv = dv + dv_conv
         extra.append(dwc)
     grads = [unbroadcast(xp, gr, shape) for gr, shape in zip((dq, dk, dv, *extra), res.shapes)]
@@ -899,6 +966,14 @@ def _oracle_shape(shape: Any, kind: str) -> Any:
     return shape._replace(n=max(shape.n, r), m=max(shape.m, r))
 
 
+#: public implementations' conventions (docs/peer_conventions.md); with lucidrains' residual conv, add
+#: ``conv_kernel_size=K`` and the weight ``res_conv.weight`` reshaped ``(h, 1, K, 1) -> (h, K, 1)``
+PRESETS = {
+    # lucidrains nystrom-attention 0.0.14, NystromAttention.forward without a mask
+    "lucidrains": {"pinv": "iterative", "iterations": DEFAULT_ITERATIONS, "pinv_init": "global",
+                   "segments": "front_pad"},
+}
+
 #: the oracle's landmark count (its error model is derived for exact-pinv Nystrom with these)
 ORACLE_LANDMARKS = 2
 
@@ -908,12 +983,14 @@ ORACLE_LANDMARKS = 2
     summary="Nystromformer: softmax(Q K~^T) pinv(softmax(Q~ K~^T)) softmax(Q~ K^T) V (Xiong et al. 2021)",
     masks=("none", "key_lengths"), oracle_masks=("none",), cost=_closed_cost,
     error_model="refattn._oracle:nystrom_error_bound",
-    oracle_options={"num_landmarks": ORACLE_LANDMARKS, "pinv": "exact"}, adapt_shape=_oracle_shape))
+    oracle_options={"num_landmarks": ORACLE_LANDMARKS, "pinv": "exact"}, adapt_shape=_oracle_shape,
+    presets=PRESETS))
 def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: bool | str = False,
                       scale: float | None = None, key_lengths: Any = None, num_landmarks: int | None = None,
                       pinv: str = "iterative", iterations: int = DEFAULT_ITERATIONS, pinv_rtol: float | None = None,
                       pinv_tol: float | None = None, errors: str | None = None, on_divergence: str | None = None,
-                      conv_kernel_size: int | None = None, check_finite: bool = True) -> Any:
+                      conv_kernel_size: int | None = None, pinv_init: str = "per_matrix",
+                      segments: str = "balanced", check_finite: bool = True) -> Any:
     r"""Nystromformer attention ``softmax(s Q K~^T) Z softmax(s Q~ K^T) V``, ``Z ~ softmax(s Q~ K~^T)^+``.
 
     Parameters
@@ -957,6 +1034,18 @@ def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None,
         Deprecated name of ``errors`` (``DeprecationWarning``); giving both raises ``TypeError``.
     conv_kernel_size : int, optional
         Odd kernel size of the depthwise convolution skip on ``V`` (needs ``n == mk``).
+    pinv_init : {"per_matrix", "global"}
+        The maxima of ``Z_0 = A^T / (max col sum * max row sum)``: per landmark matrix (the paper,
+        default), or over the whole batch, every head included (lucidrains' ``nystrom-attention``:
+        ``torch.max`` of the full tensor, so one head's output depends on the other heads' landmark
+        matrices; exact gradient, ties shared evenly as torch does).
+    segments : {"balanced", "front_pad"}
+        Segment-means landmarks when ``m`` does not divide the length: balanced segments of the real
+        rows (default), or lucidrains' convention: ``-n % m`` zero rows prepended to ``q`` (and
+        ``-mk % m`` to ``k``, ``v``), which join every softmax (keys of logit 0 and value 0) and
+        the landmark means (each mean divides by ``ceil(n / m)``); the pad rows' outputs are dropped.
+        Not with a mask (lucidrains' masked convention is not reproduced); no effect with explicit
+        landmarks or when ``m`` divides the lengths.
     check_finite : bool
         ``True`` (default): NaN/inf in q, k, v and the positional parameters raise ``ValueError``
         naming the argument. ``False`` skips that pass: non-finite values then reach the landmark
@@ -987,7 +1076,8 @@ def nystrom_attention(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None,
     return forward(q, k, v, *params, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
                    num_landmarks=num_landmarks, pinv=pinv, iterations=iterations, pinv_rtol=pinv_rtol,
                    pinv_tol=pinv_tol, errors=errors, on_divergence=on_divergence,
-                   conv_kernel_size=conv_kernel_size, check_finite=check_finite)[0]
+                   conv_kernel_size=conv_kernel_size, pinv_init=pinv_init, segments=segments,
+                   check_finite=check_finite)[0]
 
 
 # ----------------------------------------------------------------------------- closed-form cost

@@ -154,6 +154,7 @@ from .._xp import (
 from .._xp import check_finite as _check_finite_array
 from ..cost import Cost
 from ._kernelized import (
+    EPS_PLACEMENTS,
     CoreOptions,
     KernelizedResiduals,
     kernelized_backward,
@@ -167,13 +168,23 @@ __all__ = [
     "trig_features", "positive_features", "hyperbolic_features",
     "trig_features_forward", "positive_features_forward", "hyperbolic_features_forward",
     "features_backward", "FeatureResiduals", "FeatureGrads",
-    "NonPositiveNormalizerError", "FEATURES", "KERNELS", "MAX_SHIFTS", "INVALID_ROWS",
+    "NonPositiveNormalizerError", "FEATURES", "ATTENTION_FEATURES", "KERNELS", "MAX_GRADS", "SHIFTS_OF",
+    "PRESETS", "MAX_SHIFTS", "INVALID_ROWS",
 ]
 
-FEATURES = ("positive", "hyperbolic", "trig")
+FEATURES = ("positive", "hyperbolic", "trig")  # the random-feature estimators of exp(q.k) (and their maps)
+#: the attention's feature choices: the estimators and performer-pytorch's generalized ReLU kernel
+ATTENTION_FEATURES = (*FEATURES, "relu")
 KERNELS = ("softmax", "gaussian")
 MAX_SHIFTS = (None, "row", "all")  # the feature maps' max_shift choices
 INVALID_ROWS = ("zero", "ratio")  # the attention's fallback for rows with an invalid normaliser
+#: the gradient through the stabiliser's maxima when they do not cancel (``feature_eps`` or ``eps`` > 0):
+#: ``"exact"`` the derivative of the forward pass (default), ``"detached"`` the maxima held constant
+#: (performer-pytorch's ``torch.amax(...).detach()``: not the derivative of its own forward)
+MAX_GRADS = ("exact", "detached")
+#: what the stabiliser maximises: the exponent ``t = +-u - |x|^2/2`` (default, every exponent <= 0) or
+#: the projections ``+-u`` alone (performer-pytorch's ``torch.amax(data_dash)``)
+SHIFTS_OF = ("exponent", "projection")
 
 
 class NonPositiveNormalizerError(ValueError):
@@ -246,7 +257,7 @@ def _exponent(xp: Any, kind: str, x: Any, w: Any, times: float = 1.0) -> tuple[A
     """``(u, t)``: ``u = x W^T`` and the exponent (positive: ``u - times |x|^2/2``; hyp: both halves
     ``+-u - times |x|^2/2``; trig: ``None``)."""
     u = x @ xp.matrix_transpose(w)
-    if kind == "trig":
+    if kind in ("trig", "relu"):
         return u, None
     base = u if kind == "positive" else xp.concat([u, -u], axis=-1)
     sq = _sq_half(xp, x)
@@ -261,6 +272,8 @@ def _phi(xp: Any, kind: str, u: Any, t: Any, n_freq: int) -> Any:
     if kind == "trig":
         a = 1.0 / math.sqrt(n_freq)
         return xp.concat([xp.sin(u) * a, xp.cos(u) * a], axis=-1)
+    if kind == "relu":
+        return xp.maximum(u, 0.0)
     return xp.exp(t) * (1.0 / math.sqrt(n_freq if kind == "positive" else 2 * n_freq))
 
 
@@ -437,6 +450,11 @@ class Residuals(NamedTuple):
     root_s: float
     dtype: Any
     shapes: tuple[tuple[int, ...], ...]
+    phi_q_exp: Any = None  # the features without feature_eps (None: phi_q itself)
+    phi_k_exp: Any = None
+    share_q: Any = None  # max_grad="exact" with a non-cancelling shift: indicator of the maxima / count
+    share_k: Any = None
+    shift_of: str = "exponent"
 
     @property
     def t(self) -> Any:
@@ -500,7 +518,10 @@ class Options:
     scale: float  # the logit scale s > 0 (from scale or sigma)
     normalize: bool
     stabilize: bool
-    core: CoreOptions  # causal, chunk, eps = 0, the "positive" rule, failure policy and fallback
+    core: CoreOptions  # causal, chunk, eps (and its placement), the "positive" rule, failure policy and fallback
+    feature_eps: float = 0.0  # added to every feature after the shift (performer-pytorch: 1e-4 / 1e-3)
+    max_grad: str = "exact"  # MAX_GRADS
+    shift_of: str = "exponent"  # SHIFTS_OF
 
 
 def _logit_scale(scale: Any, sigma: Any, d: int) -> float:
@@ -519,18 +540,34 @@ def _logit_scale(scale: Any, sigma: Any, d: int) -> float:
 
 
 def _options(d: int, *, features: Any, kernel: Any, causal: Any, scale: Any, sigma: Any, normalize: Any,
-             stabilize: Any, errors: Any, invalid_rows: Any, invalid_normalizer: Any, chunk: Any) -> Options:
-    features = check_choice("features", features, FEATURES)
+             stabilize: Any, errors: Any, invalid_rows: Any, invalid_normalizer: Any, chunk: Any,
+             eps: Any = 0.0, eps_placement: Any = "normalizer", feature_eps: Any = 0.0,
+             max_grad: Any = "exact", shift_of: Any = "exponent") -> Options:
+    features = check_choice("features", features, ATTENTION_FEATURES)
     kernel = check_choice("kernel", kernel, KERNELS)
+    eps = check_real("eps", eps, minimum=0.0, what="added to the normaliser")
+    eps_placement = check_choice("eps_placement", eps_placement, EPS_PLACEMENTS)
+    feature_eps = check_real("feature_eps", feature_eps, minimum=0.0, what="added to every feature")
+    max_grad = check_choice("max_grad", max_grad, MAX_GRADS)
+    shift_of = check_choice("shift_of", shift_of, SHIFTS_OF)
+    if features == "trig" and feature_eps:
+        msg = "feature_eps applies to positive, hyperbolic and relu features, not trig (sign-indefinite)"
+        raise ValueError(msg)
+    if kernel == "gaussian" and (feature_eps or features == "relu"):
+        msg = (f"kernel='gaussian' needs features 'positive', 'hyperbolic' or 'trig' and feature_eps = 0, "
+               f"got features={features!r}, feature_eps={feature_eps!r}")
+        raise ValueError(msg)
     policy = legacy_policy(errors, {"invalid_normalizer": invalid_normalizer},
                            mapping={"invalid_normalizer": {"raise": "raise", "zero": "ignore"}})
     zero = check_choice("invalid_rows", invalid_rows, INVALID_ROWS) == "zero"
     s = _logit_scale(scale, sigma, d)
     stabilize = check_flag("stabilize", stabilize)
-    core = CoreOptions(causal=causal, chunk=check_int("chunk", chunk, minimum=1), eps=0.0, errors=policy,
+    core = CoreOptions(causal=causal, chunk=check_int("chunk", chunk, minimum=1), eps=eps, errors=policy,
                        normalizer="positive", zero_invalid=zero, message=_normalizer_message(features, stabilize),
-                       error=NonPositiveNormalizerError, method="random-feature attention")
-    return Options(features, kernel, s, check_flag("normalize", normalize), stabilize, core)
+                       error=NonPositiveNormalizerError, method="random-feature attention",
+                       eps_placement=eps_placement)
+    return Options(features, kernel, s, check_flag("normalize", normalize), stabilize, core, feature_eps, max_grad,
+                   shift_of)
 
 
 def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", kernel: str = "softmax",
@@ -538,7 +575,8 @@ def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", ke
             sigma: float | None = None, normalize: bool = False, stabilize: bool = True,
             key_lengths: Any = None, errors: str | None = None, invalid_rows: str = "zero",
             invalid_normalizer: str | None = None, chunk: int = DEFAULT_CHUNK,
-            check_finite: bool = True) -> tuple[Any, Residuals]:
+            eps: float = 0.0, eps_placement: str = "normalizer", feature_eps: float = 0.0,
+            max_grad: str = "exact", shift_of: str = "exponent", check_finite: bool = True) -> tuple[Any, Residuals]:
     """Random-feature attention forward pass: ``(out, Residuals)``. See :func:`random_feature_attention`."""
     xp, batch = validate_qkv(q, k, v, extra={"W": w, "mask": mask, "key_lengths": key_lengths})
     n, d, m = q.shape[-2], q.shape[-1], k.shape[-2]
@@ -546,7 +584,8 @@ def forward(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive", ke
     batch = broadcast_shapes(batch, w.shape[:-2], names=("q/k/v", "W"))
     opts = _options(d, features=features, kernel=kernel, causal=causal, scale=scale, sigma=sigma,
                     normalize=normalize, stabilize=stabilize, errors=errors, invalid_rows=invalid_rows,
-                    invalid_normalizer=invalid_normalizer, chunk=chunk)
+                    invalid_normalizer=invalid_normalizer, chunk=chunk, eps=eps, eps_placement=eps_placement,
+                    feature_eps=feature_eps, max_grad=max_grad, shift_of=shift_of)
     if check_flag("check_finite", check_finite):
         for name, a in (("q", q), ("k", k), ("v", v), ("W", w)):
             _check_finite_array(name, a, xp)
@@ -581,19 +620,34 @@ def _forward(xp: Any, q: Any, k: Any, v: Any, w: Any, keep: Any, opts: Options) 
     # exponents (stabilised: phi(xq) divided by exp(row max of its exponents), the keys, with
     # r_j = exp(sign |xk|^2 / 2) folded in, by one exp(max) per batch element over the kept keys)
     keep_col = None if keep is None else keep[..., None]
+    exp_kind = features in ("positive", "hyperbolic")
+    fe = opts.feature_eps
+    # the shifts cancel only when nothing is added after them (feature_eps) nor to the normaliser (eps)
+    exact_max = exp_kind and stabilize and opts.max_grad == "exact" and (fe != 0.0 or opts.core.eps != 0.0)
+    share_q = share_k = None
+    of_u = opts.shift_of == "projection"
     uq, tq = _exponent(xp, features, xq, w)
-    if features != "trig" and stabilize:
-        tq = tq - xp.max(tq, axis=-1, keepdims=True)
+    if exp_kind and stabilize:
+        base = _base(xp, features, uq) if of_u else tq
+        top = xp.max(base, axis=-1, keepdims=True)
+        tq = tq - top
+        if exact_max:
+            share_q = _share(xp, base == top, (-1,), tq.dtype)
     sign = _key_log_weight_sign(features, opts.kernel)
     uk, tk = _exponent(xp, features, xk, w, times=1.0 - sign)
-    if features != "trig" and stabilize:
-        tk = _shift(xp, tk, keep_col)
+    if exp_kind and stabilize:
+        base = _base(xp, features, uk) if of_u else tk
+        shifted = _shift(xp, base, keep_col)
+        tk = _shift(xp, base, keep_col, tk) if of_u else shifted
+        if exact_max:
+            hit = shifted == 0.0
+            share_k = _share(xp, hit if keep_col is None else hit & keep_col, (-2, -1), tk.dtype)
     lr = None
     if features == "trig" and sign != 0.0:  # trig's key log-weights
         lr = _sq_half(xp, xk)
         if stabilize:
             lr = _shift(xp, lr, keep_col)
-    exponents = ([(tq, "query features"), (tk, "key features")] if features != "trig"
+    exponents = ([(tq, "query features"), (tk, "key features")] if exp_kind
                  else [] if lr is None else [(lr, "key weights exp(|k|^2/2)")])
     _check_data(xp, opts, zero_rows, exponents)
 
@@ -601,23 +655,41 @@ def _forward(xp: Any, q: Any, k: Any, v: Any, w: Any, keep: Any, opts: Options) 
     phi_k = _phi(xp, features, uk, tk, n_freq)
     if lr is not None:
         phi_k = phi_k * xp.exp(lr)
+    phi_q_exp = phi_k_exp = None
+    if fe != 0.0:  # performer-pytorch: ratio * (exp(t - max) + eps); its relu kernel: relu(u) + eps
+        coeff = fe * (1.0 if features == "relu" else
+                      1.0 / math.sqrt(n_freq if features == "positive" else 2 * n_freq))
+        phi_q_exp, phi_k_exp = phi_q, phi_k
+        phi_q, phi_k = phi_q + coeff, phi_k + coeff
 
     out, core = kernelized_forward(phi_q, phi_k, v, opts.core, key_keep=keep)
     res = Residuals(core, q, k, w, qn, kn, qu, ku, xq, xk, phi_q, phi_k, features, opts.kernel, opts.normalize,
-                    root_s, dtype, shapes)
+                    root_s, dtype, shapes, phi_q_exp, phi_k_exp, share_q, share_k, opts.shift_of)
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 
-def _shift(xp: Any, t: Any, keep_col: Any) -> Any:
+def _base(xp: Any, features: str, u: Any) -> Any:
+    """The projections the exponent is built on: ``u`` (positive) or ``[u, -u]`` (hyperbolic)."""
+    return u if features == "positive" else xp.concat([u, -u], axis=-1)
+
+
+def _share(xp: Any, hit: Any, axes: tuple[int, ...], dtype: Any) -> Any:
+    """The indicator ``hit`` of the maximising entries divided by their number over ``axes`` (0 where none)."""
+    hit = xp.astype(hit, dtype)
+    count = xp.sum(hit, axis=axes, keepdims=True)
+    return hit / xp.where(count == 0.0, 1.0, count)
+
+
+def _shift(xp: Any, t: Any, keep_col: Any, target: Any = None) -> Any:
     """``t - max(t)`` over the last two axes (kept keys only); a batch element without kept keys
-    (or without keys) is shifted by 0."""
+    (or without keys) is shifted by 0. With ``target``: ``target - max(t)``."""
     if math.prod(t.shape) == 0:
-        return t
+        return t if target is None else target
     tt = t if keep_col is None else xp.where(keep_col, t, -math.inf)
     top = xp.max(tt, axis=(-2, -1), keepdims=True)
     if keep_col is not None:
         top = xp.where(xp.isfinite(top), top, 0.0)
-    return t - top
+    return (t if target is None else target) - top
 
 
 def _normalizer_message(features: str, stabilize: bool) -> Any:
@@ -645,10 +717,14 @@ def _normalizer_message(features: str, stabilize: bool) -> Any:
 
 
 def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any, norm_coeff: float,
-                   share: Any = None, axes: tuple[int, ...] = ()) -> tuple[Any, Any]:
+                   share: Any = None, axes: tuple[int, ...] = (), of_projection: bool = False) -> tuple[Any, Any]:
     """``(dx, du)`` of ``phi = f(x W^T) * exp(norm_coeff * |x|^2 / 2)``: offsets constant, or (``share``
-    given) the exact derivative of the max shift over ``axes`` (the stabilised feature maps)."""
+    given) the exact derivative of the max shift over ``axes`` (the stabilised feature maps), the max
+    of the exponent or (``of_projection``, ``shift_of="projection"``) of the projections ``+-u`` alone."""
     n_freq = w.shape[-2]
+    if features == "relu":  # phi = relu(u) (+ feature_eps): du = dphi where u > 0 (0 at u = 0, as torch)
+        du = xp.where(phi > 0.0, dphi, 0.0)
+        return du @ w, du
     if features == "trig":
         s, c = phi[..., :n_freq], phi[..., n_freq:]
         du = dphi[..., :n_freq] * c - dphi[..., n_freq:] * s
@@ -657,9 +733,12 @@ def _features_grad(xp: Any, features: str, x: Any, w: Any, phi: Any, dphi: Any, 
             dx = dx + x * (xp.sum(dphi * phi, axis=-1, keepdims=True) * norm_coeff)
         return dx, du
     dt = dphi * phi
+    dbase = dt
     if share is not None:
-        dt = dt - share * xp.sum(dt, axis=axes, keepdims=True)
-    du = dt if features == "positive" else dt[..., :n_freq] - dt[..., n_freq:]
+        dbase = dt - share * xp.sum(dt, axis=axes, keepdims=True)
+        if not of_projection:
+            dt = dbase
+    du = dbase if features == "positive" else dbase[..., :n_freq] - dbase[..., n_freq:]
     dx = du @ w + x * (xp.sum(dt, axis=-1, keepdims=True) * norm_coeff)
     return dx, du
 
@@ -670,12 +749,15 @@ def backward(res: Residuals, dout: Any, /) -> Grads:
     g = xp.astype(dout, res.out.dtype) if dout.dtype != res.out.dtype else dout
     dphi_q, dphi_k, dv = kernelized_backward(res.core, g)
 
-    exp_kind = res.features != "trig"
+    exp_kind = res.features in ("positive", "hyperbolic")
     sign = _key_log_weight_sign(res.features, res.kernel)
-    dxq, duq = _features_grad(xp, res.features, res.xq, res.w, res.phi_q, dphi_q,
-                              -1.0 if exp_kind else 0.0)
-    dxk, duk = _features_grad(xp, res.features, res.xk, res.w, res.phi_k, dphi_k,
-                              (-1.0 + sign) if exp_kind else sign)
+    phi_q = res.phi_q if res.phi_q_exp is None else res.phi_q_exp
+    phi_k = res.phi_k if res.phi_k_exp is None else res.phi_k_exp
+    dxq, duq = _features_grad(xp, res.features, res.xq, res.w, phi_q, dphi_q,
+                              -1.0 if exp_kind else 0.0, res.share_q, (-1,), res.shift_of == "projection")
+    dxk, duk = _features_grad(xp, res.features, res.xk, res.w, phi_k, dphi_k,
+                              (-1.0 + sign) if exp_kind else sign, res.share_k, (-2, -1),
+                              res.shift_of == "projection")
     # dW: each side reduced to W's shape on its own (k may be shared across heads that q is not)
     wshape = res.shapes[3]
     dw = (unbroadcast(xp, xp.matrix_transpose(duq) @ res.xq, wshape)
@@ -701,14 +783,35 @@ def _projection(s: Any, opts: Any, rng: Any, backend: Any, dtype: str) -> dict[s
 
 
 def _closed_cost(s: Any, opts: Any, backward: bool) -> Cost | None:
-    if backward:
-        return None
+    if backward or opts.get("features") == "relu" or opts.get("feature_eps") or opts.get("eps"):
+        return None  # the peer conventions (docs/peer_conventions.md) have only the counted cost
     return cost(s["n"], s["m"], s["d"], s["dv"], s["D"], batch=math.prod(s["batch"]),
                 features=opts.get("features", "positive"), kernel=opts.get("kernel", "softmax"),
                 causal=opts.get("causal", False), normalize=opts.get("normalize", False),
                 stabilize=opts.get("stabilize", True),
                 masked=opts.get("mask") is not None or opts.get("key_lengths") is not None,
                 chunk=opts.get("chunk", DEFAULT_CHUNK))
+
+
+#: the conventions of public implementations (docs/peer_conventions.md): the scale is the default
+#: 1/sqrt(d) (performer-pytorch's ``d ** -0.25`` on both sides, fast-transformers' ``softmax_temp``);
+#: W is the peer's projection (performer-pytorch's ``projection_matrix``, fast-transformers' ``omega.T``)
+PRESETS = {
+    # performer-pytorch 1.1.4, FastAttention: softmax_kernel (eps=1e-4 after the detached max shift)
+    "performer": {"features": "positive", "stabilize": True, "feature_eps": 1e-4, "max_grad": "detached",
+                  "shift_of": "projection"},
+    # ... causal: its causal_linear_attention(_noncuda): 1 / (q . (k.cumsum(-2) + 1e-6))
+    "performer_causal": {"features": "positive", "stabilize": True, "feature_eps": 1e-4, "max_grad": "detached",
+                         "shift_of": "projection", "causal": True, "eps": 1e-6, "eps_placement": "prefix"},
+    # ... generalized_attention=True: relu(x W^T) + 1e-3
+    "performer_generalized": {"features": "relu", "feature_eps": 1e-3},
+    "performer_generalized_causal": {"features": "relu", "feature_eps": 1e-3, "causal": True, "eps": 1e-6,
+                                     "eps_placement": "prefix"},
+    # fast-transformers Favor (stabilize=False, its default) under LinearAttention / CausalLinearAttention
+    "fast_transformers_favor": {"features": "hyperbolic", "stabilize": False, "eps": 1e-6},
+    "fast_transformers_favor_causal": {"features": "hyperbolic", "stabilize": False, "eps": 1e-6,
+                                       "causal": True},
+}
 
 
 def square_if_causal(shape: Any, kind: str) -> Any:
@@ -721,14 +824,16 @@ def square_if_causal(shape: Any, kind: str) -> Any:
     summary="random-feature attention: RFA (sin/cos) and Performer FAVOR+ (positive / hyperbolic features)",
     arrays=(*QKV, Array("W", "(..., D, d)", differentiable=True)), sizes={"D": lambda s: 2 * s["d"] + 2},
     params=_projection, masks=("none", "causal", "key_lengths"), cost=_closed_cost,
-    error_model="refattn._oracle:random_feature_error_bound", adapt_shape=square_if_causal))
+    error_model="refattn._oracle:random_feature_error_bound", adapt_shape=square_if_causal,
+    presets=PRESETS))
 def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str = "positive",
                              kernel: str = "softmax", mask: Any = None, causal: bool | str = False,
                              scale: float | None = None, sigma: float | None = None,
                              normalize: bool = False, stabilize: bool = True, key_lengths: Any = None,
                              errors: str | None = None, invalid_rows: str = "zero",
                              invalid_normalizer: str | None = None, chunk: int = DEFAULT_CHUNK,
-                             check_finite: bool = True) -> Any:
+                             eps: float = 0.0, eps_placement: str = "normalizer", feature_eps: float = 0.0,
+                             max_grad: str = "exact", shift_of: str = "exponent", check_finite: bool = True) -> Any:
     r"""Random-feature estimate of softmax attention (Performer FAVOR+ / RFA).
 
     ``out_i = phi(q_i)^T sum_j phi'(k_j) v_j^T / phi(q_i)^T sum_j phi'(k_j)`` (``j <= i`` when causal),
@@ -743,8 +848,10 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
         Projection, rows ``w_l`` (``D`` random features; the map has ``D`` or ``2D`` outputs). Draw it
         with :func:`refattn.random.gaussian_projection` or :func:`refattn.random.orthogonal_projection`
         (rows ``~ N(0, I_d)`` for an unbiased kernel estimate). A gradient is returned for it.
-    features : {"positive", "hyperbolic", "trig"}
-        FAVOR+ ``exp(Wx - |x|^2/2)``, its hyperbolic ``exp(+-Wx - |x|^2/2)`` form, or RFA's sin/cos.
+    features : {"positive", "hyperbolic", "trig", "relu"}
+        FAVOR+ ``exp(Wx - |x|^2/2)``, its hyperbolic ``exp(+-Wx - |x|^2/2)`` form, RFA's sin/cos, or
+        performer-pytorch's "generalized kernel" ``relu(Wx)`` (not an estimate of softmax: a kernel of
+        its own, like linear attention; ``kernel="softmax"`` only).
     kernel : {"softmax", "gaussian"}
         What the weights estimate: ``exp(s q.k)`` or ``exp(-s|q - k|^2/2)`` (RFA as written uses
         ``features="trig", kernel="gaussian"``; with ``normalize=True`` both give softmax attention).
@@ -783,6 +890,26 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
         ``errors="ignore"`` (with the default ``invalid_rows="zero"``).
     chunk : int
         Row-chunk of the causal prefix sum (:func:`refattn.methods._prefix.causal_dot`).
+    eps : float
+        Added to the normaliser (default 0, the paper's formula; fast-transformers' linear attention
+        adds ``1e-6``, performer-pytorch's causal path ``1e-6`` per key-sum component).
+    eps_placement : {"normalizer", "prefix"}
+        ``phi(q_i) . z_i + eps`` (fast-transformers) or ``phi(q_i) . (z_i + eps 1)`` (performer-pytorch's
+        ``k.cumsum(dim=-2) + eps``).
+    feature_eps : float
+        Added to every feature after the stabiliser's shift (default 0): performer-pytorch's
+        ``ratio * (exp(t - max) + 1e-4)`` and ``relu(u) + 1e-3``. It biases the kernel estimate and,
+        with ``stabilize=True``, the shift then no longer cancels (the output depends on it).
+    max_grad : {"exact", "detached"}
+        When the shift does not cancel (``feature_eps`` or ``eps`` non-zero, ``stabilize=True``):
+        ``"exact"`` (default) differentiates through the maxima (the derivative of the forward
+        pass, indicator of the maximising entries over their count at ties); ``"detached"`` holds
+        them constant, as performer-pytorch's ``torch.amax(...).detach()`` does, which is *not* the
+        derivative of its forward pass. No effect when the shift cancels.
+    shift_of : {"exponent", "projection"}
+        What the stabiliser maximises: the exponent ``+-u - |x|^2/2`` (default: every exponent is then
+        ``<= 0``) or the projections ``+-u`` alone (performer-pytorch's ``torch.amax(data_dash)``;
+        exponents are still ``<= -|x|^2/2 <= 0``). Matters only when the shift does not cancel.
     check_finite : bool
         ``True`` (default): reject NaN/inf in ``q``, ``k``, ``v``, ``W`` with ``ValueError`` naming
         the argument; ``False`` skips that pass (an unchecked NaN then reaches the normaliser check).
@@ -810,7 +937,8 @@ def random_feature_attention(q: Any, k: Any, v: Any, w: Any, /, *, features: str
     return forward(q, k, v, w, features=features, kernel=kernel, mask=mask, causal=causal, scale=scale,
                    sigma=sigma, normalize=normalize, stabilize=stabilize, key_lengths=key_lengths,
                    errors=errors, invalid_rows=invalid_rows, invalid_normalizer=invalid_normalizer, chunk=chunk,
-                   check_finite=check_finite)[0]
+                   eps=eps, eps_placement=eps_placement, feature_eps=feature_eps, max_grad=max_grad,
+                   shift_of=shift_of, check_finite=check_finite)[0]
 
 
 def cost(n: int, m: int, d: int, dv: int, n_features: int, /, *, batch: int = 1,
