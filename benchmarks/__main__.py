@@ -10,6 +10,8 @@ on the same inputs: warm-ups, then interleaved rounds (each round runs every fun
 rotated order), and reports the median over rounds of the per-round ratio refattn / peer with its
 interquartile range. torch runs on as many threads as NumPy's BLAS (``--threads``, default the
 machine's cores, OpenBLAS's default). Timings are not tests: the numbers depend on the machine and its load.
+The run warns when the 1-minute load average leaves fewer free cores than it uses threads; single-threaded
+runs (``OPENBLAS_NUM_THREADS=1``, ``--threads 1``, ``--clock thread``) are the stable ones there.
 The C allocator keeps glibc's defaults here (``--allocator system``: what a user's process gets), while
 ``scaling`` keeps freed memory for reuse by default (see :func:`benchmarks._timing.set_allocator`: the
 defaults fault large temporaries in afresh on every call, a step in cost that bends fitted exponents;
@@ -32,10 +34,11 @@ import numpy as np
 import torch
 
 import refattn
+from refattn._cli_text import plain
 
 from . import hadamard, heat, kernels, linear, linformer, nystrom, random_features, softmax
 from ._case import Case, Sizes
-from ._timing import interleaved, median, set_allocator, summary
+from ._timing import blas_threads, interleaved, load_warning, median, set_allocator, summary
 
 CASES: list[Case] = [c for mod in (softmax, linear, linformer, random_features, nystrom, heat, kernels, hadamard)
                      for c in mod.CASES]
@@ -153,6 +156,14 @@ def machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
+def warn_if_busy(info: dict[str, Any], threads: int, clock: str) -> None:
+    """Print :func:`benchmarks._timing.load_warning` for this run (to stderr) and keep it in ``info``."""
+    used = max(threads, blas_threads(info["cores"]))
+    info["load_warning"] = msg = load_warning(info["loadavg"], info["cores"], used, clock)
+    if msg:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def _common(p: argparse.ArgumentParser, allocator: str) -> None:
     p.add_argument("--method", nargs="+", default=None, help="case names or prefixes (default: all; see --list)")
     p.add_argument("--quick", action="store_true", help="small sizes, few rounds: a smoke run of seconds")
@@ -173,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .scaling import main as scaling_main
 
         return scaling_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, allocator="system")
     p.add_argument("--n", type=int, default=1024, help="sequence length n = m (default 1024)")
@@ -205,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"D=k={sizes.features}; {repeat} interleaved rounds after {warmup} warm-up(s); torch "
           f"{info['torch']} on {info['torch_threads']} threads, NumPy {info['numpy']}; load {info['loadavg']}; "
           f"{info['allocator']}")
+    warn_if_busy(info, a.threads, a.clock)
     print(HEADER)
     if a.clock == "thread" and a.threads != 1:
         raise SystemExit("--clock thread needs --threads 1 (and OPENBLAS_NUM_THREADS=1 in the environment)")

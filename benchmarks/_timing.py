@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import statistics
 import time
 import tracemalloc
@@ -71,6 +72,39 @@ def traced_peak(fn: Callable[[], object], clock: Callable[[], float] = time.perf
     if not was:
         tracemalloc.stop()
     return peak, secs
+
+
+def load_warning(load: Sequence[float] | None, cores: int | None, threads: int, clock: str = "wall") -> str | None:
+    """A warning when the 1-minute load average says other processes compete for the cores a run uses,
+    else ``None``.
+
+    ``threads`` is the most threads the run uses (torch's, or NumPy's BLAS from
+    ``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS``, default every core). The machine counts as busy when
+    fewer than ``threads`` cores are free, with half a core to spare: ``load > cores - threads + 0.5``.
+    Wall-clock ratios are then unstable (0.02-0.08 measured on a loaded 2-core machine: a threaded
+    peer's workers wait for cores); a single-threaded run on the thread clock is immune and never
+    warned about.
+    """
+    if not load or not cores:
+        return None
+    if threads <= 1 and clock == "thread":
+        return None
+    if load[0] <= cores - threads + 0.5:
+        return None
+    return (f"warning: load average {load[0]:.2f} on {cores} cores: other processes compete for the {threads} "
+            "thread(s) this run uses, so its times and ratios are not stable (ratios of 0.02-0.08 have been "
+            "measured on a loaded 2-core machine). Single-threaded runs are the stable ones: "
+            "OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 ... --threads 1 --clock thread.")
+
+
+def blas_threads(cores: int | None) -> int:
+    """NumPy's BLAS threads as the environment sets them (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS``)."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            return max(1, int(os.environ[var]))
+        except (KeyError, ValueError):
+            continue
+    return cores or 1
 
 
 def set_allocator(mode: str) -> str:

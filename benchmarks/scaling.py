@@ -162,9 +162,11 @@ def plot(results: Sequence[dict[str, Any]], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .__main__ import _common, find, machine
+    from refattn._cli_text import plain
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks scaling", description=__doc__,
+    from .__main__ import _common, find, machine, warn_if_busy
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks scaling", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, allocator="reuse")
     p.add_argument("--n-min", type=int, default=1024)
@@ -190,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info["allocator"] = set_allocator(a.allocator)
     print(f"scaling, B=1 H=4 d=64, n = {ns[0]}..{ns[-1]}, {'forward + backward' if a.backward else 'forward'}; "
           f"NumPy {info['numpy']}; load {info['loadavg']}; {info['allocator']}")
+    warn_if_busy(info, a.threads, a.clock)
     if a.clock == "thread" and a.threads != 1:
         raise SystemExit("--clock thread needs --threads 1 (and OPENBLAS_NUM_THREADS=1 in the environment)")
     clock = time.thread_time if a.clock == "thread" else time.perf_counter

@@ -508,8 +508,10 @@ def write_performance(gen: Path) -> None:
 
 
 def hand_pages(docs: Path) -> set[str]:
+    """The hand-written pages: ``docs/*.md`` and ``*.rst`` but ``index`` and the files ``conf.py``
+    leaves out of the site (``_*``, ``.*``, ``README*``: notes about the site, not pages)."""
     return {p.stem for p in docs.iterdir() if p.suffix in (".md", ".rst") and p.stem != "index"
-            and not p.name.startswith(("_", "."))}
+            and not p.name.startswith(("_", ".", "README"))}
 
 
 def write_toctree(gen: Path, pages: set[str]) -> None:

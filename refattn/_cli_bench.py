@@ -27,8 +27,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the ``bench`` subcommand; its arguments are those of ``python -m benchmarks`` (``--help`` there)."""
     # prefix_chars="+": every option after `bench` (--quick...) is passed through, not parsed here
     p = sub.add_parser("bench", add_help=False, prefix_chars="+",
-                       help="time every method against its torch peer (benchmarks/)",
-                       description="refattn against torch peers; arguments as for python -m benchmarks")
+                       help="time every method against its torch peer (benchmarks/ of a source checkout; "
+                            "refattn bench --help for its options)",
+                       description="refattn against torch peers; arguments as for python -m benchmarks "
+                                   "(refattn bench --help lists them)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
     return p

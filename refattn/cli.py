@@ -1,6 +1,8 @@
-"""The ``refattn`` command: ``refattn verify`` (the claims ledger, see refattn.verification.cli) and
-``refattn info`` (backends found here and a forward+backward check of each against the float64 NumPy
-oracle). Later subcommands (check, bench, cost) plug in here."""
+"""The ``refattn`` command: ``verify`` (the claims ledger of the seed papers, the main job), ``check``
+and ``example-inputs`` (an implementation's dumped outputs and gradients against the float64 oracle),
+``cost`` (counted FLOPs, bytes and peak memory of a method), ``bench`` (timings against torch peers,
+in a source checkout) and ``info`` (the backends found here, each checked against the float64 NumPy
+oracle). ``refattn COMMAND --help`` describes each."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import backends
+from ._cli_text import plain_parser
 from ._vjp import vjp
 from .methods.softmax import softmax_attention
 
@@ -83,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .verification.cli import add_parser as add_verify  # `refattn verify`: the claims ledger
 
     add_verify(sub)
+    plain_parser(parser)  # help texts come from docstrings: no reST markup on the terminal
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -64,3 +64,22 @@ def test_set_allocator_reuse_in_a_fresh_process():
     assert said.startswith(("glibc heap reuse (mallopt M_MMAP_MAX=0", "system allocator defaults ("))
     with pytest.raises(ValueError, match="allocator mode must be 'reuse' or 'system', got 'fast'"):
         set_allocator("fast")
+
+
+def test_load_warning():
+    """A busy machine (fewer free cores than the run's threads) is warned about; a quiet one, or a
+    single-threaded run on the thread clock, is not."""
+    from benchmarks._timing import load_warning
+
+    assert load_warning((4.6, 5.2, 5.0), 2, 2) is not None and "Single-threaded runs" in load_warning((4.6,), 2, 2)
+    assert load_warning((0.1, 0.1, 0.1), 2, 2) is None
+    assert load_warning((1.2,), 16, 8) is None and load_warning((9.0,), 16, 8) is not None
+    assert load_warning((4.6,), 2, 1, clock="thread") is None
+    assert load_warning(None, 2, 2) is None
+
+
+def test_busy_machine_warns(monkeypatch, capsys):
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert refattn_main(["bench", "--quick", "--method", "fwht", "--dtype", "float32", "--pass", "fwd",
+                         "--repeat", "1"]) == 0
+    assert "warning: load average 64.00" in capsys.readouterr().err

@@ -20,15 +20,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_docs_build(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site built once for this module's tests: ``(html directory, sphinx-build's result)``."""
     pytest.importorskip("sphinx")
     pytest.importorskip("myst_parser")
     pytest.importorskip("furo")
-    out = tmp_path / "html"
+    out = tmp_path_factory.mktemp("docs") / "html"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
                            str(ROOT / "docs"), str(out)], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=600)
+    return out, proc
+
+
+def _check_site():
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        return importlib.import_module("check_site")
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+
+
+def test_docs_build(site):
+    out, proc = site
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     methods = sorted((out / "_gen" / "methods").glob("*.html"))
     from refattn._registry import methods as registry
@@ -39,6 +54,32 @@ def test_docs_build(tmp_path):
             assert 'class="math notranslate nohighlight"' in page.read_text(encoding="utf-8"), page.name
     assert (out / "_static" / "mathjax" / "tex-chtml.js").exists()  # maths without network
     assert (out / "_gen" / "ledger.html").exists() and (out / "_gen" / "api" / "index.html").exists()
+
+
+def test_docs_links(site):
+    """Every href/src inside the built site names an existing file and anchor (docs/check_site.py)."""
+    out, proc = site
+    if proc.returncode != 0:
+        pytest.skip("the site did not build (test_docs_build fails)")
+    pages, checked, broken = _check_site().check_links(out)
+    assert pages > 10 and checked > 100
+    assert not broken, "\n".join(broken[:20])
+
+
+def test_docs_maths_render_in_chromium(site):
+    """The method pages' formulas render (MathJax, network blocked) in headless Chromium, where installed."""
+    out, proc = site
+    if proc.returncode != 0:
+        pytest.skip("the site did not build (test_docs_build fails)")
+    check = _check_site()
+    chromium = check.find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium here (docs/check_site.py; apt-get install chromium)")
+    pages = sorted((out / "_gen" / "methods").glob("*.html"))
+    results = check.check_math(out, chromium, jobs=min(4, os.cpu_count() or 1), pages=pages)
+    assert len(results) == len(pages) and sum(r.static for r in results) > 0
+    bad = [r for r in results if not r.ok]
+    assert not bad, bad
 
 
 def _modules() -> list[str]:

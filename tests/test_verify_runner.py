@@ -327,3 +327,16 @@ def test_cli_bad_claim_exit_code_in_a_subprocess(tmp_path):
     proc = _cli("--quick", "--claim", "no-such-claim", "--out", str(tmp_path))
     assert proc.returncode == 2
     assert "unknown claim id 'no-such-claim'" in proc.stderr
+
+
+def test_plot_styles_distinct():
+    """Up to 12 series get distinct colours and markers; reference lines distinct (colour, dash) pairs,
+    none solid, none sharing a series colour."""
+    from verification import report
+
+    styles = [report._series_style(i) for i in range(12)]
+    assert len({s["color"] for s in styles}) == 12 and len({s["marker"] for s in styles}) == 12
+    assert len({(s["color"], s["marker"]) for s in map(report._series_style, range(40))}) == 40
+    refs = report._REFERENCE_STYLES
+    assert len({(r["color"], str(r["linestyle"])) for r in refs}) == len(refs)
+    assert all(r["linestyle"] != "-" and r["color"] not in report._SERIES_COLOURS for r in refs)

@@ -49,8 +49,9 @@ class Meta:
 class Figure:
     """Plot data a claim returns; the runner draws it (matplotlib) and stores it in report.json.
 
-    ``series`` maps a label to y values over ``x``; ``lines`` are reference curves (a bound) drawn
-    dashed; ``loglog`` picks log axes on both sides, ``logy`` a log y axis only (iterations, errors).
+    ``series`` maps a label to y values over ``x``; ``lines`` are reference curves (a bound, a
+    predicted slope) drawn grey, each in its own dash pattern; ``loglog`` picks log axes on both
+    sides, ``logy`` a log y axis only (iterations, errors).
     """
 
     title: str

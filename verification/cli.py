@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         description="Run every claim check of the five seed papers (and the results they rest on) and "
                     "say which hold, which hold only under a stated condition, which fail and which "
                     "cannot be checked yet. Writes report.json, report.md and plots into --out.")
-    p.add_argument("--quick", action="store_true", help="small sizes (CI; under 2 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="small sizes, the same verdicts (CI; 8-18 s on 2 quiet cores)")
     p.add_argument("--paper", metavar="NAME",
                    help="only one paper: 000..004, classical, or an alias (heat, survey, kernels, verma, "
                         "hadamard)")

@@ -171,8 +171,9 @@ def kern_on(ctx):
                 + ", ".join(f"{k} {v:.3g}" for k, v in per_token.items())
                 + " -- O(d² + d·dv) per token for the feature maps and the d x dv state; the causal prefix sums add "
                   "O(chunk·(d + dv)) per token.")
+    first = np.exp(np.mean(np.log([v[0] for v in series.values()])))  # through the middle of the series
     fig = Figure("Trainable kernels: forward FLOPs vs n (d = 64)", "n", "FLOPs", [float(n) for n in ns], series,
-                 loglog=True)
+                 lines={"∝ n (the O(CL) claim)": [float(first * n / ns[0]) for n in ns]}, loglog=True)
     key = f"FLOPs ~ n^{min(slopes.values()):.3f}..n^{max(slopes.values()):.3f}"
     agree = measure is None or "equal" in source
     return (("holds" if ok else "fails") if agree else "not-checkable"), evidence, key, fig

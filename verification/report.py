@@ -6,7 +6,8 @@ a document against it without third-party packages (it implements the keywords t
 ``const``); the tests also run ``jsonschema`` when it is installed.
 
 Plots need matplotlib (``pip install 'refattn[plots]'``); they are drawn generically from each
-verdict's :class:`Figure` (log-log when the figure asks for it, reference lines dashed), plus a
+verdict's :class:`Figure` (log-log when the figure asks for it; up to 12 series in distinct colours
+and markers; reference lines grey, each in its own dash pattern, all named in the legend), plus a
 summary of the status counts per paper.
 """
 
@@ -17,6 +18,7 @@ import math
 import platform
 import re
 import sys
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -386,6 +388,27 @@ def write_markdown(doc: dict[str, Any], path: Path, *, summary_plot: str | None 
 _COLOURS = {"holds": "#2e7d32", "holds-conditionally": "#9e9d24", "fails": "#c62828",
             "not-checkable": "#9e9e9e"}
 
+#: colours of a figure's series: the qualitative tab10 cycle without its grey (kept for the
+#: reference lines), then three more, so up to 12 series get distinct colours; each series also has
+#: its own marker (12), so colour-blind readers and greyscale prints can tell them apart too
+_SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+                   "#17becf", "#393b79", "#e7ba52", "#000000")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", "*", "h", ">", "p")
+#: reference lines (bounds, predicted slopes): grey, no markers, each in its own dash pattern
+_REFERENCE_STYLES = tuple({"color": c, "linestyle": ls, "linewidth": 1.3}
+                          for c, ls in (("0.25", "--"), ("0.45", ":"), ("0.25", "-."),
+                                        ("0.45", (0, (6, 2, 1, 2, 1, 2))), ("0.25", (0, (1, 3)))))
+#: a legend with more entries than this is drawn beside the axes
+_LEGEND_INSIDE = 7
+
+
+def _series_style(i: int) -> dict[str, Any]:
+    """Colour and marker of series ``i``: distinct for the first 12; beyond, the marker shifts so the
+    (colour, marker) pair stays distinct."""
+    n = len(_SERIES_COLOURS)
+    return {"color": _SERIES_COLOURS[i % n], "marker": _MARKERS[(i + i // n) % len(_MARKERS)],
+            "linestyle": "-" if i < n else (0, (3, 1))}
+
 
 def _positive(values: Sequence[Any], loglog: bool) -> list[float]:
     out = []
@@ -414,26 +437,30 @@ def write_plots(doc: dict[str, Any], out_dir: Path) -> tuple[dict[str, str], str
         loglog = bool(fig_data["loglog"])
         logy = loglog or bool(fig_data.get("logy", False))
         x = _positive(fig_data["x"], loglog)
-        fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=100)
-        for label, ys in fig_data["series"].items():
-            ax.plot(x, _positive(ys, logy), marker="o", markersize=3, label=label)
-        for label, ys in fig_data["lines"].items():
-            ax.plot(x, _positive(ys, logy), linestyle="--", color="0.4", linewidth=1, label=label)
+        entries = len(fig_data["series"]) + len(fig_data["lines"])
+        outside = entries > _LEGEND_INSIDE  # a long legend goes right of the axes, not over the data
+        fig, ax = plt.subplots(figsize=(8.6 if outside else 6.0, 4.2), dpi=100)
+        for i, (label, ys) in enumerate(fig_data["series"].items()):
+            ax.plot(x, _positive(ys, logy), label=label, linewidth=1.4, markersize=4, **_series_style(i))
+        for i, (label, ys) in enumerate(fig_data["lines"].items()):
+            ax.plot(x, _positive(ys, logy), label=label, **_REFERENCE_STYLES[i % len(_REFERENCE_STYLES)])
         if loglog:
             ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
-        ax.set_title(fig_data["title"], fontsize=10)
+        ax.set_title(textwrap.fill(fig_data["title"], 72 if outside else 64), fontsize=10)
         ax.set_xlabel(fig_data["xlabel"])
         ax.set_ylabel(fig_data["ylabel"])
         ax.grid(True, which="both", alpha=0.3)
-        if fig_data["series"] or fig_data["lines"]:
+        if outside:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        elif entries:
             ax.legend(fontsize=7)
         fig.text(0.99, 0.01, f"{v['claim_id']}: {v['status']}", ha="right", va="bottom", fontsize=7,
                  color=_COLOURS[v["status"]])
         fig.tight_layout()
         name = plot_name(v["claim_id"])
-        fig.savefig(out_dir / name)
+        fig.savefig(out_dir / name, bbox_inches="tight" if outside else None)
         plt.close(fig)
         files[v["claim_id"]] = name
     summary = "plots/counts.png"
