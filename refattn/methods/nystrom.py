@@ -155,6 +155,7 @@ from .._registry import Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
+    check_overflow,
     compute_dtype,
     device,
     namespace,
@@ -761,7 +762,10 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: b
     keep = key_padding_keep(xp, spec, device(q), method="nystrom_attention")
     kept = None if keep is None or explicit else _kept_keys(xp, keep, m)
     opts = Options(m, explicit, resolve_scale(scale, q.shape[-1]), ksize, pinv_opts)
-    return _forward(xp, work, q, k, v, params, keep, kept, opts)
+    out, res = _forward(xp, work, q, k, v, params, keep, kept, opts)
+    if check_finite and pinv_opts.errors == "raise":  # huge finite q, k: the landmark kernels overflow
+        check_overflow(xp, out, "nystrom_attention")
+    return out, res
 
 
 def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, params: tuple[Any, ...], keep: Any, kept: Any,
