@@ -616,9 +616,9 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
     finiteness pass reads each input once and writes two boolean arrays of its size
     (``check_finite``), and the output's overflow check reads ``out`` once and writes one boolean
     array of its size; an additive mask is read seven times in all (``isnan``, ``== inf``, the cast,
-    ``== inf`` of the cast) and its cast written once. Each per-pair bound is linear in
-    ``(r c, r, c, 1)``, so the total over the pairs is the same expression in ``(A, R, C, P)``.
-    ``allocations`` is bounded the same way (at most 14 ops that allocate per pair in the forward, 9 in the backward, plus 9 for the mask
+    ``== inf`` of the cast) and its cast written once. Each per-pair bound is linear in ``(r c, r, c, 1)``,
+    so the total over the pairs is the same expression in ``(A, R, C, P)``. ``allocations`` is bounded the same way
+    (at most 14 ops that allocate per pair in the forward, 9 in the backward, plus 9 for the mask
     per pair, 11 per query block and a fixed number per call). The bounds exceed the counts by the
     row vectors' boolean guards (counted at full width) and by the terms a path does not take
     (the dense path is bounded as one block of the blockwise one); the tests state the factor.
