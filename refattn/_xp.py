@@ -77,15 +77,13 @@ def namespace(*arrays: Any) -> Any:
     local variables, one level into dicts of named arrays, falling back to positions.
     """
     present = [a for a in arrays if a is not None]
-    odd = [i for i, a in enumerate(present) if not array_api_compat.is_array_api_obj(a)]
-    if odd or not present:  # Python scalars, lists, strings: array_api_compat may accept some of them
+    odd = [i for i, a in enumerate(arrays)
+           if not array_api_compat.is_array_api_obj(a) and (a is not None or not present)]
+    if odd:  # Python scalars, lists, strings (array_api_compat may accept some of them); only None
         frame = inspect.currentframe()
-        names = _caller_names(frame.f_back if frame is not None else None, present)
+        names = _caller_names(frame.f_back if frame is not None else None, list(arrays))
         del frame
-        if not present:
-            msg = "expected an array, got None"
-        else:
-            msg = ", ".join(f"{names[i]} must be an array, got {type(present[i]).__name__}" for i in odd)
+        msg = ", ".join(f"{names[i]} must be an array, got {type(arrays[i]).__name__}" for i in odd)
         raise TypeError(msg)
     try:
         return array_api_compat.array_namespace(*present)
@@ -120,8 +118,21 @@ def _caller_names(frame: Any, arrays: list[Any]) -> list[str]:
                 for i, v2 in enumerate(val):
                     found.setdefault(id(v2), f"{key}[{i}]")
         for key, val in frame.f_locals.items():  # plain names win over container entries
-            found[id(val)] = key
-    return [found.get(id(a), f"argument {i}") for i, a in enumerate(arrays)]
+            if val is not None:
+                found[id(val)] = key
+        # None (one object: ids collide): the caller's positional parameters that hold None, in order
+        code = frame.f_code
+        nones = [name for name in code.co_varnames[:code.co_argcount]
+                 if frame.f_locals.get(name, 0) is None]
+    else:
+        nones = []
+    out = []
+    for i, a in enumerate(arrays):
+        if a is None:
+            out.append(nones.pop(0) if nones else f"argument {i}")
+        else:
+            out.append(found.get(id(a), f"argument {i}"))
+    return out
 
 
 def device(x: Any) -> Any:
@@ -155,6 +166,9 @@ def check_float_array(name: str, x: Any, xp: Any, *, ndim_min: int = 0, ndim: in
 
 def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -> None:
     """Every array in ``named`` shares ``xp`` and the device of ``named[ref_name]``."""
+    if not array_api_compat.is_array_api_obj(named[ref_name]):
+        msg = f"{ref_name} must be an array, got {type(named[ref_name]).__name__}"
+        raise TypeError(msg)
     ref_dev = device(named[ref_name])
     for name, a in named.items():
         if a is None:

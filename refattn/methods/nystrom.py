@@ -584,6 +584,9 @@ def iterative_pinv(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scal
 def _exact_pinv_forward(a: Any, /, *, rtol: float | None = None) -> tuple[Any, _PinvRes]:
     xp = namespace(a)
     _check_square(a, xp)
+    if compute_dtype(xp, a.dtype) != a.dtype:  # xp.linalg has no half precision
+        msg = f"a must be float32 or float64 (xp.linalg.pinv has no half precision), got {a.dtype}"
+        raise TypeError(msg)
     opts = _pinv_options(mode="exact", iterations=0, rtol=rtol, rtol_name="rtol", errors="ignore")
     check_finite_array("a", a, xp)  # NaN/inf would reach the SVD (LinAlgError) or give a NaN/inf pinv
     return _pinv_forward(xp, a, opts)
@@ -598,7 +601,7 @@ def exact_pinv(a: Any, /, *, rtol: float | None = None) -> Any:
     Raises
     ------
     TypeError
-        A non-floating ``a``.
+        A non-floating ``a``, or a half-precision one (float16, bfloat16: ``xp.linalg`` has none).
     ValueError
         ``a`` not a non-empty square ``(..., m, m)`` matrix, NaN/inf entries (``a must be finite``),
         a bad ``rtol``.
