@@ -25,7 +25,10 @@ Input contract (every public function; tested row by row in ``tests/test_bad_inp
   from finite inputs. Where the arithmetic overflows the working dtype (``|q| |k|`` near its range;
   an additive mask beyond it) the call raises ``ValueError`` naming the inputs and the fix (rescale
   them), HEAT before its decomposition (:func:`check_overflow`); ``check_finite=False`` returns what
-  the arithmetic gives.
+  the arithmetic gives. Building blocks without ``check_finite`` (``causal_dot``,
+  ``orthogonality_penalty``, ``wht_projection``, ``feature_map``, ``multi_head_attention``) return
+  IEEE inf/NaN only where the exact result itself exceeds the range (products of several huge
+  arrays); tested by ``tests/test_bad_input_huge.py`` in a child process with a time limit.
 * Empty arrays: ``n = 0`` queries give an output with 0 rows; ``m = 0`` keys give zero rows, like
   fully masked rows. Methods that need ``n, m >= 1`` (Nystrom landmarks, HEAT's rank, Linformer's
   ``k >= 1``) raise instead.
