@@ -38,7 +38,7 @@ from refattn._cli_text import plain
 
 from . import hadamard, heat, kernels, linear, linformer, nystrom, random_features, softmax
 from ._case import Case, Sizes
-from ._timing import blas_threads, interleaved, load_warning, median, set_allocator, summary
+from ._timing import blas_threads, count, interleaved, load_warning, median, set_allocator, summary
 
 CASES: list[Case] = [c for mod in (softmax, linear, linformer, random_features, nystrom, heat, kernels, hadamard)
                      for c in mod.CASES]
@@ -168,7 +168,7 @@ def _common(p: argparse.ArgumentParser, allocator: str) -> None:
     p.add_argument("--method", nargs="+", default=None, help="case names or prefixes (default: all; see --list)")
     p.add_argument("--quick", action="store_true", help="small sizes, few rounds: a smoke run of seconds")
     p.add_argument("--dtype", nargs="+", default=["float64", "float32"], choices=["float64", "float32"])
-    p.add_argument("--threads", type=int, default=os.cpu_count(),
+    p.add_argument("--threads", type=count(1), default=os.cpu_count(),
                    help="torch.set_num_threads (default: the cores, as OpenBLAS uses)")
     p.add_argument("--out", default=None, help="write the rows and the machine to this JSON file")
     p.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -187,14 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, allocator="system")
-    p.add_argument("--n", type=int, default=1024, help="sequence length n = m (default 1024)")
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--d", type=int, default=64, help="head dimension d = dv (default 64)")
-    p.add_argument("--features", type=int, default=256, help="random features D / Linformer k (default 256)")
+    p.add_argument("--n", type=count(1), default=1024, help="sequence length n = m (default 1024)")
+    p.add_argument("--heads", type=count(1), default=4)
+    p.add_argument("--batch", type=count(1), default=1)
+    p.add_argument("--d", type=count(1), default=64, help="head dimension d = dv (default 64)")
+    p.add_argument("--features", type=count(1), default=256, help="random features D / Linformer k (default 256)")
     p.add_argument("--pass", dest="passes", nargs="+", default=list(PASSES), choices=PASSES)
-    p.add_argument("--repeat", type=int, default=None, help="interleaved rounds (default 9; --quick 3)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up rounds (default 2; --quick 1)")
+    p.add_argument("--repeat", type=count(1), default=None, help="interleaved rounds (default 9; --quick 3)")
+    p.add_argument("--warmup", type=count(0), default=None, help="warm-up rounds (default 2; --quick 1)")
     p.add_argument("--backend", default="numpy",
                    help="refattn's backend (default numpy; e.g. cupy for a GPU run, with --peer-device cuda)")
     p.add_argument("--peer-device", default="cpu", help="torch device of the peers (default cpu)")

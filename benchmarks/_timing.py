@@ -137,3 +137,34 @@ def set_allocator(mode: str) -> str:
     if not ok:
         return "system allocator defaults (mallopt refused)"
     return "glibc heap reuse (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=-1)"
+
+
+def count(minimum: int) -> object:
+    """An argparse ``type``: an integer ``>= minimum`` (argparse then exits 2 with one line otherwise)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def positive_real(text: str) -> float:
+    """An argparse ``type``: a finite real number > 0."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive real number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive real number, got {text!r}")
+    return value

@@ -31,7 +31,7 @@ import numpy as np
 import refattn
 
 from ._case import Case, Sizes
-from ._timing import set_allocator, traced_peak
+from ._timing import count, positive_real, set_allocator, traced_peak
 
 #: case name -> promised exponent in n of time and memory (forward).
 PROMISED = {"softmax-dense": 2, "softmax-blockwise": 2, "linear": 1, "linear-causal": 1, "efficient": 1,
@@ -169,12 +169,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks scaling", description=plain(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(p, allocator="reuse")
-    p.add_argument("--n-min", type=int, default=1024)
-    p.add_argument("--n-max", type=int, default=65536)
+    p.add_argument("--n-min", type=count(1), default=1024)
+    p.add_argument("--n-max", type=count(1), default=65536)
     p.add_argument("--backward", action="store_true", help="time forward + backward")
-    p.add_argument("--budget", type=float, default=400.0, help="skip a size predicted to take longer (s)")
-    p.add_argument("--long", type=float, default=10.0, help="time a call this long once, traced (s)")
-    p.add_argument("--mem-limit", type=float, default=4.0, help="limit for the (n, n) arrays of the dense cases (GiB)")
+    p.add_argument("--budget", type=positive_real, default=400.0,
+                   help="skip a size predicted to take longer (s)")
+    p.add_argument("--long", type=positive_real, default=10.0, help="time a call this long once, traced (s)")
+    p.add_argument("--mem-limit", type=positive_real, default=4.0,
+                   help="limit for the (n, n) arrays of the dense cases (GiB)")
     p.add_argument("--plot", default=None, help="write a log-log plot here (needs matplotlib)")
     p.add_argument("--clock", choices=["wall", "thread"], default="wall",
                    help="wall time, or this thread's CPU time (load-immune; single-threaded runs only)")

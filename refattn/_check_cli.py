@@ -238,6 +238,10 @@ def cmd_example_inputs(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"refattn example-inputs: error: --shape {args.shape!r}: {exc}", file=sys.stderr)
         return 2
+    if args.scale is not None and not np.isfinite(args.scale):
+        print(f"refattn example-inputs: error: --scale must be a finite real number, got {args.scale!r}",
+              file=sys.stderr)
+        return 2
     if args.mask not in spec.masks:
         print(f"refattn example-inputs: error: method {spec.name!r} honours masks {spec.masks}, "
               f"got {args.mask!r}", file=sys.stderr)
@@ -264,7 +268,12 @@ def cmd_example_inputs(args: argparse.Namespace) -> int:
     if "mask" in arrays and arrays["mask"].dtype != bool:
         floating.add("mask")
     out = {k: (np.asarray(a, dtype=args.dtype) if k in floating else np.asarray(a)) for k, a in arrays.items()}
-    np.savez(args.out, **out)
+    try:
+        with open(args.out, "wb") as fh:  # a file handle: np.savez("f") would write "f.npz"
+            np.savez(fh, **out)
+    except OSError as exc:
+        print(f"refattn example-inputs: error: --out {args.out!r}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}: " + ", ".join(f"{k} {tuple(a.shape)} {a.dtype}" for k, a in out.items()))
     return 0
 

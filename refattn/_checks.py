@@ -147,7 +147,7 @@ def legacy_policy(errors: Any, legacy: dict[str, Any], *, mapping: dict[str, dic
         raise TypeError(msg)
     (old, value), = given.items()
     table = (mapping or {}).get(old) or {e: e for e in ERRORS}
-    if value not in table:
+    if not isinstance(value, str) or value not in table:  # (an unhashable value: TypeError in the dict)
         msg = f"{old} must be one of {tuple(table)}, got {value!r}"
         raise ValueError(msg)
     new = table[value]

@@ -17,7 +17,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not (root / "benchmarks" / "__main__.py").is_file():
         msg = (f"refattn bench runs the benchmarks/ directory of a source checkout; none next to {root / 'refattn'} "
                "(clone the repository and install it editable: pip install -e '.[peers]')")
-        raise SystemExit(msg)
+        print(f"refattn bench: error: {msg}", file=sys.stderr)
+        return 2
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module("benchmarks.__main__").main(args.bench_args)

@@ -13,8 +13,10 @@ import sys
 from typing import Any
 
 from . import random as _random
+from ._checks import check_int
 from ._registry import methods
 from ._vjp import vjp
+from .backends import BackendUnavailable
 from .cost import _timeit, measure
 
 __all__ = ["add_parser", "cmd_cost"]
@@ -40,7 +42,7 @@ def _pairs(items: list[str], what: str) -> dict[str, Any]:
         name, sep, val = item.partition("=")
         if not sep or not name:
             msg = f"{what} must look like NAME=VALUE, got {item!r}"
-            raise SystemExit(msg)
+            raise ValueError(msg)
         out[name] = _value(val)
     return out
 
@@ -78,10 +80,24 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_cost(args: argparse.Namespace) -> int:
+    """``refattn cost``: exit code 0, or 2 with one line on stderr for bad input (an unknown method or
+    backend, a negative size, an option the method refuses)."""
+    try:
+        return _cost(args)
+    except (TypeError, ValueError, ArithmeticError, ImportError, BackendUnavailable) as exc:
+        print(f"refattn cost: error: {args.method}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cost(args: argparse.Namespace) -> int:
     table = methods()
     if args.method not in table:
         msg = f"unknown method {args.method!r}; known: {', '.join(table)}"
-        raise SystemExit(msg)
+        raise ValueError(msg)
+    for name in ("n", "m", "d", "dv", "batch", "heads"):
+        check_int(f"--{name}", getattr(args, name), minimum=0, allow_none=True)
+    for name in ("top",):
+        check_int(f"--{name}", getattr(args, name), minimum=1, allow_none=True)
     entry = table[args.method]
     fn = entry.function
     m = args.n if args.m is None else args.m
@@ -113,11 +129,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
             return pullback(dout)
     else:
         run = fn
-    try:
-        counted = measure(run, *arrays, **kwargs)
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        print(f"refattn cost: error: {args.method}: {exc}", file=sys.stderr)
-        return 2
+    counted = measure(run, *arrays, **kwargs)
     what = "forward + backward" if args.backward else "forward"
     shown = ", ".join(f"{k}={v}" for k, v in opts.items())
     print(f"{args.method} ({fn.__module__}:{fn.__name__}), {what}, batch={args.batch} heads={args.heads} n={args.n} "

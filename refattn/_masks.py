@@ -87,6 +87,8 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
             msg = (f"mask must be broadcastable to (..., n, m) = {target} without enlarging it, "
                    f"got shape {tuple(mask.shape)}")
             raise ValueError(msg)
+        if mask.ndim < 2:  # (m,) and 0-D masks broadcast as (1, m) and (1, 1): every block slices 2 axes
+            mask = xp.reshape(mask, (1,) * (2 - mask.ndim) + tuple(mask.shape))
         if mask.dtype == xp.bool:
             keep = mask
         elif is_floating(xp, mask.dtype):
@@ -94,6 +96,10 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
                 msg = "mask (additive) must not contain NaN or +inf; use -inf to remove a key"
                 raise ValueError(msg)
             bias = xp.astype(mask, dtype)
+            if bool(xp.any(bias == xp.inf)):  # finite in its own dtype, beyond the working one
+                msg = (f"mask (additive) has entries too large for the working dtype {dtype} (they become +inf "
+                       "and every logit of their row NaN); clip it to that dtype's range")
+                raise ValueError(msg)
         else:
             msg = f"mask must have dtype bool (True = keep) or a real floating dtype (additive), got {mask.dtype}"
             raise TypeError(msg)
@@ -188,6 +194,8 @@ def key_padding_keep(xp: Any, spec: MaskSpec, dev: Any, *, method: str) -> Any:
                    "key-padding masks of shape (..., 1, m) or key_lengths are supported")
             raise ValueError(msg)
         keep = spec.keep if spec.keep.ndim < 2 else spec.keep[..., 0, :]
+        if keep.shape[-1] != spec.m:  # a mask broadcast along the keys (e.g. 0-D): one entry per key
+            keep = xp.broadcast_to(keep, (*keep.shape[:-1], spec.m))
     if spec.key_lengths is not None:
         j = xp.arange(spec.m, device=dev)
         pad = j < xp.astype(spec.key_lengths, xp.int64)[..., None]

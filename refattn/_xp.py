@@ -17,8 +17,18 @@ Input contract (every public function; tested row by row in ``tests/test_bad_inp
 * NaN/inf: functions with ``check_finite=True`` (some default to it: random features, HEAT,
   ``truncate``, ``exact_pinv``, kernel weights) raise ``ValueError("<arg> must be finite ...")``.
   Otherwise non-finite values propagate to the output (the rows they reach are NaN/inf; NumPy may emit
-  ``RuntimeWarning`` on the way) and are never turned into a finite answer; the Nystrom pseudoinverse
-  reports them as ``PinvConvergenceError``.
+  ``RuntimeWarning`` on the way) and NaN is never turned into a finite answer; the Nystrom pseudoinverse
+  reports them as ``PinvConvergenceError``. One documented exception: ``-inf`` in ``q`` or ``k`` of a
+  method whose feature map sends it to its limit 0 (``elu+1``, ``relu``, the softmax feature maps of
+  efficient attention and Verma's Linformer: ``exp(-inf) = 0``) gives that finite limit.
+* Huge finite values: a call whose inputs were checked (``check_finite=True``) never returns NaN/inf
+  from finite inputs. Where the arithmetic overflows the working dtype (``|q| |k|`` near its range;
+  an additive mask beyond it) the call raises ``ValueError`` naming the inputs and the fix (rescale
+  them), HEAT before its decomposition (:func:`check_overflow`); ``check_finite=False`` returns what
+  the arithmetic gives. Building blocks without ``check_finite`` (``causal_dot``,
+  ``orthogonality_penalty``, ``wht_projection``, ``feature_map``, ``multi_head_attention``) return
+  IEEE inf/NaN only where the exact result itself exceeds the range (products of several huge
+  arrays); tested by ``tests/test_bad_input_huge.py`` in a child process with a time limit.
 * Empty arrays: ``n = 0`` queries give an output with 0 rows; ``m = 0`` keys give zero rows, like
   fully masked rows. Methods that need ``n, m >= 1`` (Nystrom landmarks, HEAT's rank, Linformer's
   ``k >= 1``) raise instead.
@@ -52,12 +62,13 @@ __all__ = [
     "check_float_array",
     "check_same_namespace_device",
     "check_finite",
+    "check_overflow",
     "broadcast_shapes",
     "unbroadcast",
     "resolve_scale",
     "check_positive_int",
     "validate_qkv",
-    "compute_dtype", "to_working",
+    "compute_dtype", "to_working", "row_major",
 ]
 
 
@@ -69,6 +80,14 @@ def namespace(*arrays: Any) -> Any:
     local variables, one level into dicts of named arrays, falling back to positions.
     """
     present = [a for a in arrays if a is not None]
+    odd = [i for i, a in enumerate(arrays)
+           if not array_api_compat.is_array_api_obj(a) and (a is not None or not present)]
+    if odd:  # Python scalars, lists, strings (array_api_compat may accept some of them); only None
+        frame = inspect.currentframe()
+        names = _caller_names(frame.f_back if frame is not None else None, list(arrays))
+        del frame
+        msg = ", ".join(f"{names[i]} must be an array, got {type(arrays[i]).__name__}" for i in odd)
+        raise TypeError(msg)
     try:
         return array_api_compat.array_namespace(*present)
     except TypeError as exc:
@@ -102,8 +121,21 @@ def _caller_names(frame: Any, arrays: list[Any]) -> list[str]:
                 for i, v2 in enumerate(val):
                     found.setdefault(id(v2), f"{key}[{i}]")
         for key, val in frame.f_locals.items():  # plain names win over container entries
-            found[id(val)] = key
-    return [found.get(id(a), f"argument {i}") for i, a in enumerate(arrays)]
+            if val is not None:
+                found[id(val)] = key
+        # None (one object: ids collide): the caller's positional parameters that hold None, in order
+        code = frame.f_code
+        nones = [name for name in code.co_varnames[:code.co_argcount]
+                 if frame.f_locals.get(name, 0) is None]
+    else:
+        nones = []
+    out = []
+    for i, a in enumerate(arrays):
+        if a is None:
+            out.append(nones.pop(0) if nones else f"argument {i}")
+        else:
+            out.append(found.get(id(a), f"argument {i}"))
+    return out
 
 
 def device(x: Any) -> Any:
@@ -137,6 +169,9 @@ def check_float_array(name: str, x: Any, xp: Any, *, ndim_min: int = 0, ndim: in
 
 def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -> None:
     """Every array in ``named`` shares ``xp`` and the device of ``named[ref_name]``."""
+    if not array_api_compat.is_array_api_obj(named[ref_name]):
+        msg = f"{ref_name} must be an array, got {type(named[ref_name]).__name__}"
+        raise TypeError(msg)
     ref_dev = device(named[ref_name])
     for name, a in named.items():
         if a is None:
@@ -162,6 +197,18 @@ def check_finite(name: str, x: Any, xp: Any) -> None:
         count = int(xp.sum(xp.astype(bad, xp.int64)))
         msg = f"{name} must be finite, got {count} NaN/inf entries out of {math.prod(x.shape)}"
         raise ValueError(msg)
+
+
+def check_overflow(xp: Any, out: Any, method: str, inputs: str = "q and k") -> Any:
+    """The output of a call whose inputs were checked finite must be finite too: ``ValueError``
+    naming ``inputs`` and the fix otherwise (huge finite values overflow the working dtype in the
+    logits, features or normalisers). Returns ``out`` (one ``isfinite`` pass over it)."""
+    if not bool(xp.all(xp.isfinite(out))):
+        msg = (f"{method}: finite inputs gave a non-finite output: {inputs} are too large for {out.dtype} "
+               "(their logits, features or normalisers overflow); rescale them (or the scale), or pass "
+               "check_finite=False to get the overflowed values")
+        raise ValueError(msg)
+    return out
 
 
 def broadcast_shapes(*shapes: Sequence[int], names: Sequence[str] | None = None) -> tuple[int, ...]:
@@ -219,10 +266,31 @@ def compute_dtype(xp: Any, dtype: Any) -> Any:
     return dtype
 
 
+def row_major(xp: Any, x: Any) -> Any:
+    """``x`` itself if its last two axes are laid out row-major (C order; stride 0 broadcast batch axes
+    are fine), else a row-major copy. Matrix products of Fortran-ordered or transposed operands take
+    other BLAS kernels (another summation order: 1 ulp apart); with this, a view gives the bits of its
+    contiguous copy (the input contract). Libraries without strides (array_api_strict) pass through."""
+    if x.ndim < 2:
+        return x
+    if callable(getattr(x, "stride", None)):  # torch: strides in elements
+        strides = tuple(x.stride())
+    elif isinstance(getattr(x, "strides", None), tuple) and getattr(x, "itemsize", 0):  # NumPy, CuPy: bytes
+        strides = tuple(s // x.itemsize for s in x.strides)
+    else:
+        return x
+    rows, cols = x.shape[-2], x.shape[-1]
+    if (cols <= 1 or strides[-1] == 1) and (rows <= 1 or strides[-2] == cols):
+        return x
+    return xp.reshape(xp.reshape(x, (-1,)), tuple(x.shape))  # reshape reads (and copies) in C order
+
+
 def to_working(xp: Any, *arrays: Any) -> tuple[Any, tuple[Any, ...]]:
     """``(work, arrays)``: the working precision of the (validated, same-dtype) arrays, see
-    :func:`compute_dtype`, and the arrays cast to it (returned as given when no cast is needed)."""
+    :func:`compute_dtype`, and the arrays cast to it (returned as given when no cast is needed), each
+    :func:`row_major`."""
     work = compute_dtype(xp, arrays[0].dtype)
+    arrays = tuple(row_major(xp, a) for a in arrays)
     if work == arrays[0].dtype:
         return work, arrays
     return work, tuple(xp.astype(a, work) for a in arrays)
@@ -235,8 +303,12 @@ def validate_qkv(q: Any, k: Any, v: Any, *, check_finite_inputs: bool = False,
     Returns ``(xp, batch_shape)`` where ``batch_shape`` is the broadcast of the leading dimensions.
     ``extra`` holds further named arrays that must share namespace and device (parameters, masks).
     """
-    xp = namespace(q, k, v)
     named = {"q": q, "k": k, "v": v}
+    for name, a in named.items():  # None and Python scalars: TypeError naming the argument
+        if not array_api_compat.is_array_api_obj(a):
+            msg = f"{name} must be an array, got {type(a).__name__}"
+            raise TypeError(msg)
+    xp = namespace(q, k, v)
     check_same_namespace_device({**named, **(extra or {})}, xp, "q")
     for name, a in named.items():
         check_float_array(name, a, xp, ndim_min=2)

@@ -240,10 +240,25 @@ def _take_axis(x: Any, axis: int, c: int) -> Any:
     return x[(slice(None),) * axis + (slice(0, c),) + (...,)]
 
 
+def _may_overflow(xp: Any, x: Any, c_pad: int) -> bool:
+    """The transform's one data-dependent step: could the unnormalised butterflies (which grow entries
+    by up to ``c'``) overflow ``x``'s dtype? Only then is ``x`` scaled before them (other rounding)."""
+    if math.prod(x.shape) == 0:
+        return False
+    big = float(xp.finfo(x.dtype).max) / (2 * c_pad)
+    return bool(xp.any((x > big) | (x < -big)))  # comparisons only: no counted flops
+
+
 def _transform(xp: Any, x: Any, axis: int, c_pad: int, normalized: bool, impl: str) -> Any:
     """``H_{c'} [x; 0]`` (times ``1/sqrt(c')`` if ``normalized``) along ``axis``, in x's dtype."""
     x = _pad_axis(xp, x, axis, c_pad)
+    if c_pad == 1:  # H_1 = 1: a new array all the same, never a view of the input
+        return xp.asarray(x, copy=True)
     prim = None if impl == "generic" else backend_primitive(xp)
+    if normalized and _may_overflow(xp, x, c_pad):
+        # |H x| <= c' max|x| may overflow where the exact H x / sqrt(c') is finite: scale first
+        x = x * (1.0 / math.sqrt(c_pad))
+        return prim(x, axis=axis) if prim is not None else _butterflies(xp, x, axis)
     y = prim(x, axis=axis) if prim is not None else _butterflies(xp, x, axis)
     if normalized and c_pad > 1:
         if prim is None:  # the butterflies returned a new array (c_pad >= 2): scale it in place

@@ -383,3 +383,107 @@ CLASSES: dict[str, Callable[[Spec], Case | None]] = {
     "broadcast_stride0": broadcast,
     "readonly": readonly,
 }
+
+
+# ------------------------------------------------------------------------------ issue 21: more classes
+
+def _replace_first(value: Any) -> Callable[[Spec], Case | None]:
+    """The first array argument replaced by a Python scalar, ``None`` or a nested list."""
+    def cls(spec: Spec) -> Case | None:
+        args, kw = spec.build()
+        if not args or not isinstance(args[0], np.ndarray):
+            return None
+        return Case(_with(args, 0, value(args[0]) if callable(value) else value), kw, spec.names[0])
+    return cls
+
+
+def _second_replaced(value: Any) -> Callable[[Spec], Case | None]:
+    """The second array argument (k, or a parameter) replaced by a non-array."""
+    def cls(spec: Spec) -> Case | None:
+        args, kw = spec.build()
+        if len(_arrays(args)) < 2:
+            return None
+        i = _second(spec)
+        return Case(_with(args, i, value), kw, spec.names[i])
+    return cls
+
+
+def half(spec: Spec) -> Case | None:
+    """Every floating array in float16: computed in float32 and cast back (the registry's dtype rule)."""
+    args, kw = spec.build()
+    new = [a.astype(np.float16) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a for a in args]
+    return Case(new, kw, spec.names[0])
+
+
+def bfloat16(spec: Spec) -> Case | None:
+    """Every floating array a torch bfloat16 tensor (NumPy has no bfloat16)."""
+    import torch
+
+    args, kw = spec.build()
+    new = [torch.from_numpy(a.copy()).to(torch.bfloat16) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+           for a in args]
+    return Case(new, kw, spec.names[0])
+
+
+def _layout(make: Callable[[np.ndarray], np.ndarray], check: Callable[[np.ndarray], bool]) -> Callable[[Spec], Case | None]:
+    """Every array (rank >= 2) replaced by an equal view of another memory layout."""
+    def cls(spec: Spec) -> Case | None:
+        args, kw = spec.build()
+        new = []
+        for a in args:
+            if isinstance(a, np.ndarray) and a.ndim >= 2:
+                view = make(a)
+                assert check(view) and np.array_equal(view, a)
+                new.append(view)
+            else:
+                new.append(a)
+        return Case(new, kw, spec.names[0], ref=(args, kw))
+    return cls
+
+
+def _strict_empty(which: str) -> Callable[[Spec], Case | None]:
+    """The empty-array rows on array_api_strict (whose slicing refuses out-of-range stops)."""
+    base = _empty(which)
+
+    def cls(spec: Spec) -> Case | None:
+        import array_api_strict as xs
+
+        case = base(spec)
+        if case is None:
+            return None
+        case.args = [xs.asarray(a) if isinstance(a, np.ndarray) else a for a in case.args]
+        return case
+    return cls
+
+
+def _torch_empty(which: str) -> Callable[[Spec], Case | None]:
+    base = _empty(which)
+
+    def cls(spec: Spec) -> Case | None:
+        import torch
+
+        case = base(spec)
+        if case is None:
+            return None
+        case.args = [torch.from_numpy(a.copy()) if isinstance(a, np.ndarray) else a for a in case.args]
+        return case
+    return cls
+
+
+CLASSES.update({
+    "scalar_input": _replace_first(1.0),
+    "none_input": _replace_first(None),
+    "list_input": _replace_first(lambda a: a.tolist()),
+    "none_second": _second_replaced(None),
+    "scalar_second": _second_replaced(2.0),
+    "dtype_float16": half,
+    "dtype_bfloat16": bfloat16,
+    "fortran_order": _layout(np.asfortranarray, lambda v: v.flags.f_contiguous and not v.flags.c_contiguous),
+    "transposed_view": _layout(lambda a: np.swapaxes(np.swapaxes(a, -1, -2).copy(), -1, -2),
+                               lambda v: not v.flags.c_contiguous),
+    "negative_stride": _layout(lambda a: np.flip(np.flip(a, -1).copy(), -1), lambda v: v.strides[-1] < 0),
+    "empty_n_strict": _strict_empty("n"),
+    "empty_m_strict": _strict_empty("m"),
+    "empty_n_torch": _torch_empty("n"),
+    "empty_m_torch": _torch_empty("m"),
+})

@@ -21,6 +21,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile("dev", deadline=None, max_examples=200)
+settings.register_profile("fuzz", deadline=None, max_examples=2000)  # long local runs (tests/test_bad_input_fuzz.py)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 BACKENDS = ["numpy", "array_api_strict", "torch", "torch:cuda", "cupy"]

@@ -96,7 +96,7 @@ def _writable(out: Path) -> str | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     from refattn import backends
 
-    from . import claims_of, entries, load, module_status, resolve_paper, run
+    from . import _select, claims_of, entries, load, module_status, resolve_paper, run
     from . import report as rep
 
     load()
@@ -108,6 +108,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # Bad input first, before any long work.
     try:
         paper = resolve_paper(args.paper) if args.paper is not None else None
+        _select(paper, args.claim)  # unknown claim ids, claim/paper mismatch: before --out is created
     except ValueError as exc:
         return _fail(str(exc))
     try:

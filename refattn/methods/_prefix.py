@@ -75,7 +75,7 @@ def _causal_dot(xp: Any, a: Any, b: Any, c: Any, chunk: int, reverse: bool) -> A
     if reverse:
         a, b, c = (xp.flip(x, axis=-2) for x in (a, b, c))
     n = a.shape[-2]
-    batch = tuple(xp.broadcast_arrays(a[..., :1, :1], b[..., :1, :1], c[..., :1, :1])[0].shape[:-2])
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2], c.shape[:-2])  # (no [:1] slices: empty axes)
     dev = device(a)
     state = xp.zeros((*batch, a.shape[-1], c.shape[-1]), dtype=a.dtype, device=dev)
     idx = xp.arange(min(chunk, n), device=dev)

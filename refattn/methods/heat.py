@@ -122,6 +122,7 @@ from .._registry import MASK_KINDS, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
+    check_overflow,
     compute_dtype,
     device,
     namespace,
@@ -207,7 +208,13 @@ def _check_gap(xp: Any, s: Any, r: int, tol: float, errors: str, what: str) -> N
 
 def _svd_checked(xp: Any, a: Any, r: int, tol: float, errors: str, what: str) -> tuple[Any, Any, Any]:
     """The thin SVD ``(U, sigma, V)`` of ``a`` and the singular-gap check of a rank-``r`` truncation
-    (the one data-dependent check inside the implementation; ``errors="ignore"`` skips it)."""
+    (the one data-dependent check inside the implementation; ``errors="ignore"`` skips it). A
+    non-finite ``a`` (huge finite q, k whose product overflows) raises before the decomposition,
+    which may not return on infinite entries (LAPACK's SVD iterates forever on some of them)."""
+    if not bool(xp.all(xp.isfinite(a))):
+        msg = (f"{what}: the matrix to decompose overflows {a.dtype} although q and k are finite (their "
+               "entries are too large); rescale q and k (or the scale) so that s * |q| * |k| stays in range")
+        raise ValueError(msg)
     u, s, v = _svd(xp, a)
     if errors != "ignore":
         _check_gap(xp, s, r, tol, errors, what)
@@ -587,6 +594,8 @@ def forward(q: Any, k: Any, v: Any, /, *, rank: int | None = None, reading: str 
     work, (q, k, v) = to_working(xp, q, k, v)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch, dtype=work)
     out, res = _forward(xp, q, k, v, spec, opts, dtype)
+    if opts.check_finite and opts.errors == "raise":  # huge finite q, k overflow the softmax after the SVD
+        check_overflow(xp, out, "heat_attention")
     return (xp.astype(out, dtype) if work != dtype else out), res
 
 

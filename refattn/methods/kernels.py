@@ -84,6 +84,7 @@ from .._registry import QKV, Array, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
+    check_overflow,
     check_same_namespace_device,
     compute_dtype,
     device,
@@ -387,6 +388,8 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: 
         raise ValueError(msg)
     chunk = check_int("chunk", chunk, minimum=1)
     units = _validate_params(xp, q, units_names, params, batch)
+    # head-wise weights (..., d, D) enlarge the output's batch, and the mask may take that shape
+    batch = broadcast_shapes(batch, *(tuple(w.shape[:-2]) for w in params))
     n, m = q.shape[-2], k.shape[-2]
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch,
                      dtype=compute_dtype(xp, q.dtype))
@@ -400,7 +403,10 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, kernel: Any = "glu", mask: 
     # rows are zeros with zero gradient ("nonzero" rule, eps = 0, nothing to report)
     opts = Options(units_names, CoreOptions(causal=is_causal, chunk=chunk, eps=0.0, errors="ignore",
                                             method="kernel_attention"))
-    return _forward(xp, q, k, v, params, units, keep, opts)
+    out, res = _forward(xp, q, k, v, params, units, keep, opts)
+    if check_finite:  # huge finite q, k (or weights): the feature maps overflow
+        check_overflow(xp, out, "kernel_attention", "q, k and the weights")
+    return out, res
 
 
 def _forward(xp: Any, q: Any, k: Any, v: Any, params: tuple[Any, ...], units: list[tuple[str, tuple[Any, ...]]],

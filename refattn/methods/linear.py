@@ -94,7 +94,7 @@ from .._checks import check_choice, check_flag, check_int, check_real, legacy_po
 from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
 from .._registry import Method, declare
-from .._xp import compute_dtype, device, namespace, resolve_scale, to_working, unbroadcast, validate_qkv
+from .._xp import check_overflow, compute_dtype, device, namespace, resolve_scale, to_working, unbroadcast, validate_qkv
 from ._kernelized import (
     DEFAULT_CHUNK,
     CoreOptions,
@@ -141,7 +141,7 @@ def _elu1_grad(xp: Any, x: Any, y: Any) -> Any:
 
 
 def _relu(xp: Any, x: Any) -> Any:
-    return xp.where(x > 0, x, 0.0)
+    return xp.where(x <= 0, 0.0, x)  # NaN stays NaN (where(x > 0, x, 0) made it 0); comparisons: no flops
 
 
 def _relu_grad(xp: Any, x: Any, y: Any) -> Any:
@@ -247,7 +247,10 @@ def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str =
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=q.shape[-2], m=k.shape[-2],
                      batch=batch, dtype=compute_dtype(xp, q.dtype))
     keep = key_padding_keep(xp, spec, device(q), method="linear attention")
-    return _forward(xp, q, k, v, keep, opts)
+    out, res = _forward(xp, q, k, v, keep, opts)
+    if check_finite:  # huge finite q, k: the features or the normaliser overflow (inf / inf)
+        check_overflow(xp, out, "linear_attention")
+    return out, res
 
 
 def _forward(xp: Any, q: Any, k: Any, v: Any, keep: Any, opts: Options) -> tuple[Any, Residuals]:
@@ -403,6 +406,10 @@ def efficient_forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
     xp, batch = validate_qkv(q, k, v, check_finite_inputs=check_flag("check_finite", check_finite),
                              extra={"mask": mask, "key_lengths": key_lengths})
     normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+    if normalization == "softmax" and q.shape[-1] == 0:
+        msg = (f"efficient_attention normalises q over its features (softmax over d): q must have d >= 1, "
+               f"got {tuple(q.shape)}")
+        raise ValueError(msg)
     s = _linear_scale(scale, q.shape[-1])
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=q.shape[-2], m=k.shape[-2],
                      batch=batch, dtype=compute_dtype(xp, q.dtype))
@@ -411,7 +418,10 @@ def efficient_forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bo
                "sequence, so every output depends on every key; use linear_attention(causal=True)")
         raise ValueError(msg)
     keep = key_padding_keep(xp, spec, device(q), method="efficient attention")
-    return _efficient_forward(xp, q, k, v, keep, normalization, s)
+    out, res = _efficient_forward(xp, q, k, v, keep, normalization, s)
+    if check_finite:
+        check_overflow(xp, out, "efficient_attention")
+    return out, res
 
 
 def _efficient_forward(xp: Any, q: Any, k: Any, v: Any, keep: Any, normalization: str,

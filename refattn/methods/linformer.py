@@ -252,7 +252,10 @@ def forward(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None, caus
     """Linformer forward pass; returns ``(out, Residuals)``. See :func:`linformer_attention`."""
     xp, work, keep, opts = _validate(q, k, v, E, F, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
                                      check_finite=check_finite, method="Linformer")
-    return _forward(xp, work, q, k, v, E, F, keep, opts)
+    out, res = _forward(xp, work, q, k, v, E, F, keep, opts)
+    if check_finite:  # huge finite q, k, E: the projected logits overflow
+        _xp.check_overflow(xp, out, "linformer_attention", "q, k, E and F")
+    return out, res
 
 
 def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, E: Any, F: Any, keep: Any,
@@ -402,7 +405,14 @@ def verma_forward(q: Any, k: Any, v: Any, E: Any, F: Any, /, *, mask: Any = None
     """Modified-Linformer forward pass; returns ``(out, VermaResiduals)``. See :func:`verma_attention`."""
     xp, work, keep, opts = _validate(q, k, v, E, F, mask=mask, causal=causal, scale=scale, key_lengths=key_lengths,
                                      check_finite=check_finite, method="Verma's modified Linformer", order=order)
-    return _verma_forward(xp, work, q, k, v, E, F, keep, opts)
+    if q.shape[-1] == 0:
+        msg = (f"verma_attention normalises q over its features (softmax over d): q must have d >= 1, "
+               f"got {tuple(q.shape)}")
+        raise ValueError(msg)
+    out, res = _verma_forward(xp, work, q, k, v, E, F, keep, opts)
+    if check_finite:
+        _xp.check_overflow(xp, out, "verma_attention", "q, k, E and F")
+    return out, res
 
 
 def _verma_forward(xp: Any, work: Any, q: Any, k: Any, v: Any, E: Any, F: Any, keep: Any,

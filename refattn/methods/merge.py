@@ -58,9 +58,7 @@ def forward(outs: Any, lses: Any, /) -> tuple[tuple[Any, Any], Residuals]:
     if seq != seq_l:
         msg = "outs and lses must both be stacked arrays or both be sequences of arrays"
         raise TypeError(msg)
-    items = dict(enumerate(outs)) if seq else {}
-    first = items.get(0, outs)
-    xp = namespace(first)
+    xp = namespace(outs[0] if seq and len(outs) else outs)  # the message names outs (or outs[0])
     named = {**({f"outs[{i}]": a for i, a in enumerate(outs)} if seq else {"outs": outs}),
              **({f"lses[{i}]": a for i, a in enumerate(lses)} if seq_l else {"lses": lses})}
     check_same_namespace_device(named, xp, "outs[0]" if seq else "outs")

@@ -155,6 +155,7 @@ from .._registry import Function, Method, declare
 from .._xp import (
     broadcast_shapes,
     check_float_array,
+    check_overflow,
     compute_dtype,
     device,
     namespace,
@@ -621,6 +622,9 @@ def iterative_pinv(a: Any, /, *, iterations: int = DEFAULT_ITERATIONS, init_scal
 def _exact_pinv_forward(a: Any, /, *, rtol: float | None = None) -> tuple[Any, _PinvRes]:
     xp = namespace(a)
     _check_square(a, xp)
+    if compute_dtype(xp, a.dtype) != a.dtype:  # xp.linalg has no half precision
+        msg = f"a must be float32 or float64 (xp.linalg.pinv has no half precision), got {a.dtype}"
+        raise TypeError(msg)
     opts = _pinv_options(mode="exact", iterations=0, rtol=rtol, rtol_name="rtol", errors="ignore")
     check_finite_array("a", a, xp)  # NaN/inf would reach the SVD (LinAlgError) or give a NaN/inf pinv
     return _pinv_forward(xp, a, opts)
@@ -635,7 +639,7 @@ def exact_pinv(a: Any, /, *, rtol: float | None = None) -> Any:
     Raises
     ------
     TypeError
-        A non-floating ``a``.
+        A non-floating ``a``, or a half-precision one (float16, bfloat16: ``xp.linalg`` has none).
     ValueError
         ``a`` not a non-empty square ``(..., m, m)`` matrix, NaN/inf entries (``a must be finite``),
         a bad ``rtol``.
@@ -816,7 +820,10 @@ def forward(q: Any, k: Any, v: Any, /, *params: Any, mask: Any = None, causal: b
         raise ValueError(msg)
     kept = None if keep is None or explicit else _kept_keys(xp, keep, m)
     opts = Options(m, explicit, resolve_scale(scale, q.shape[-1]), ksize, pinv_opts, segments)
-    return _forward(xp, work, q, k, v, params, keep, kept, opts)
+    out, res = _forward(xp, work, q, k, v, params, keep, kept, opts)
+    if check_finite and pinv_opts.errors == "raise":  # huge finite q, k: the landmark kernels overflow
+        check_overflow(xp, out, "nystrom_attention")
+    return out, res
 
 
 def _forward(xp: Any, work: Any, q: Any, k: Any, v: Any, params: tuple[Any, ...], keep: Any, kept: Any,

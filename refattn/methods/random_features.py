@@ -152,6 +152,7 @@ from .._xp import (
     validate_qkv,
 )
 from .._xp import check_finite as _check_finite_array
+from .._xp import check_overflow as _xp_check_overflow
 from ..cost import Cost
 from ._kernelized import (
     EPS_PLACEMENTS,
@@ -289,7 +290,10 @@ def _feature_forward(kind: str, x: Any, w: Any, max_shift: Any, check: Any) -> t
     if check_flag("check_finite", check):
         _check_finite_array("x", x, xp)
         _check_finite_array("W", w, xp)
-    return _feature_impl(xp, kind, x, w, max_shift)
+    phi, res = _feature_impl(xp, kind, x, w, max_shift)
+    if check:  # huge finite x, W: W x (or |x|^2) overflows, cos/exp of inf is NaN
+        _xp_check_overflow(xp, phi, f"{kind}_features", "x and W")
+    return phi, res
 
 
 def _feature_impl(xp: Any, kind: str, x: Any, w: Any, max_shift: str | None) -> tuple[Any, FeatureResiduals]:

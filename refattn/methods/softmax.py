@@ -63,6 +63,7 @@ from .._primitives import exp_consuming
 from .._registry import MASK_KINDS, Method, declare
 from .._xp import (
     broadcast_shapes,
+    check_overflow,
     compute_dtype,
     device,
     namespace,
@@ -603,6 +604,8 @@ def forward(q: Any, k: Any, v: Any, /, *, mask: Any = None, causal: bool | str =
         q = xp.reshape(q, (*q.shape[:-3], hkv, hq // hkv, *q.shape[-2:]))
         k, v = xp.expand_dims(k, axis=-3), xp.expand_dims(v, axis=-3)
     out, res = _forward(xp, q, k, v, spec, opts, dtype, var)
+    if opts.check_finite:  # huge finite q, k: the logits overflow (inf - inf = NaN)
+        check_overflow(xp, out, "softmax_attention")
     if group is not None:
         res = res._replace(shapes=shapes)
         out = xp.reshape(out, var.out_shape)
@@ -835,9 +838,11 @@ def _bounds(b: int, n: int, m: int, d: int, dv: int, w: int, kind: Any, causal: 
     # validation: the finiteness pass (isfinite, ~, any per input) and the mask's own checks
     e = b * (n * d + m * d + m * dv)
     val = _Bounds(e * w + 2 * e + 3, 2 * e + 3, 9) if check_finite else _Bounds(0, 0, 0)
+    o = b * n * dv
+    val += _Bounds(o * w + o + 1, o + 1, 2) if check_finite else _Bounds(0, 0, 0)  # the output's check
     bias = b * n * m * w if kind == "additive" else 0
-    if kind == "additive":  # any(isnan), any(== inf), astype: the bias (held to the end)
-        val += _Bounds(2 * bias + 2 * b * n * m + 2 + bias, 2 * b * n * m + 2 + bias, 5)
+    if kind == "additive":  # any(isnan), any(== inf), astype, any(cast == inf): the bias (held to the end)
+        val += _Bounds(3 * bias + 3 * b * n * m + 3 + bias, 3 * b * n * m + 3 + bias, 7)
     elif kind == "key_lengths":
         val += _Bounds(18 * b + 2, 2 * b + 2, 4)
     if m == 0:
@@ -1009,9 +1014,10 @@ def cost(batch: int | tuple[int, ...], n: int, m: int, d: int, dv: int, *, impl:
     blockwise concatenations (``out``, ``lse``; in the backward ``dQ, dK, dV`` and ``s dQ``), the
     backward's ``delta`` and ``_safe(L)`` (``3 B n (d_v + 1) w`` read), and the validation: the
     finiteness pass reads each input once and writes two boolean arrays of its size
-    (``check_finite``), an additive mask is read five times in all (``isnan``, ``== inf``, the cast)
-    and its cast written once. Each per-pair bound is linear in ``(r c, r, c, 1)``, so the total over
-    the pairs is the same expression in ``(A, R, C, P)``. ``allocations`` is bounded the same way
+    (``check_finite``), and the output's overflow check reads ``out`` once and writes one boolean
+    array of its size; an additive mask is read seven times in all (``isnan``, ``== inf``, the cast,
+    ``== inf`` of the cast) and its cast written once. Each per-pair bound is linear in ``(r c, r, c, 1)``,
+    so the total over the pairs is the same expression in ``(A, R, C, P)``. ``allocations`` is bounded the same way
     (at most 14 ops that allocate per pair in the forward, 9 in the backward, plus 9 for the mask
     per pair, 11 per query block and a fixed number per call). The bounds exceed the counts by the
     row vectors' boolean guards (counted at full width) and by the terms a path does not take
