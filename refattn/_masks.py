@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._xp import broadcast_shapes, is_floating
+from ._xp import broadcasts_to, is_floating
 
 __all__ = ["MaskSpec", "make_mask", "mask_block", "key_padding_keep", "CAUSAL_CHOICES"]
 
@@ -79,11 +79,7 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
         if not hasattr(mask, "shape") or not hasattr(mask, "dtype"):
             msg = f"mask must be a boolean or floating array broadcastable to {target}, got {type(mask).__name__}"
             raise TypeError(msg)
-        try:
-            full = broadcast_shapes(mask.shape, target, names=("mask", "attention logits"))
-        except ValueError:
-            full = None
-        if full != target:
+        if not broadcasts_to(mask.shape, target):
             msg = (f"mask must be broadcastable to (..., n, m) = {target} without enlarging it, "
                    f"got shape {tuple(mask.shape)}")
             raise ValueError(msg)
@@ -115,11 +111,7 @@ def _check_lengths(xp: Any, name: str, lengths: Any, batch: tuple[int, ...], siz
         msg = (f"{name} must be an integer array broadcastable to the batch shape {batch}, "
                f"got {getattr(lengths, 'dtype', type(lengths).__name__)}")
         raise TypeError(msg)
-    try:
-        full = broadcast_shapes(lengths.shape, batch)
-    except ValueError:
-        full = None
-    if full != batch:
+    if not broadcasts_to(lengths.shape, batch):
         msg = f"{name} must be broadcastable to the batch shape {batch}, got shape {tuple(lengths.shape)}"
         raise ValueError(msg)
     if 0 < lengths.ndim < len(batch) and any(s != 1 for s in lengths.shape):

@@ -64,6 +64,7 @@ __all__ = [
     "check_finite",
     "check_overflow",
     "broadcast_shapes",
+    "broadcasts_to",
     "unbroadcast",
     "resolve_scale",
     "check_positive_int",
@@ -228,6 +229,14 @@ def broadcast_shapes(*shapes: Sequence[int], names: Sequence[str] | None = None)
             size = s[axis]
         out.append(size)
     return tuple(out)
+
+
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` without enlarging it."""
+    try:
+        return broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
 
 
 def unbroadcast(xp: Any, g: Any, shape: Sequence[int]) -> Any:

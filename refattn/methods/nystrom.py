@@ -153,7 +153,7 @@ from .._masks import key_padding_keep, make_mask
 from .._primitives import exp_consuming
 from .._registry import Function, Method, declare
 from .._xp import (
-    broadcast_shapes,
+    broadcasts_to,
     check_float_array,
     check_overflow,
     compute_dtype,
@@ -745,11 +745,7 @@ def _validate_arrays(q: Any, k: Any, v: Any, params: tuple[Any, ...], *, mask: A
         if p.dtype != q.dtype:
             msg = f"{name} must have the dtype of q ({q.dtype}), got {p.dtype}"
             raise TypeError(msg)
-        try:
-            full = broadcast_shapes(p.shape[:-2], batch)
-        except ValueError:
-            full = None
-        if full != batch:
+        if not broadcasts_to(p.shape[:-2], batch):
             msg = (f"{name}'s leading dimensions must broadcast to the batch shape {batch} of q, k, v "
                    f"without enlarging it, got shape {tuple(p.shape)}")
             raise ValueError(msg)

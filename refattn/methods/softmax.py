@@ -63,6 +63,7 @@ from .._primitives import exp_consuming
 from .._registry import MASK_KINDS, Method, declare
 from .._xp import (
     broadcast_shapes,
+    broadcasts_to,
     check_overflow,
     compute_dtype,
     device,
@@ -503,11 +504,7 @@ def _probe(xp: Any, score_mod: Any, mask_mod: Any, idx: tuple[Any, Any], batch: 
             got = getattr(keep, "dtype", type(keep).__name__)
             msg = f"mask_mod must return a boolean array (True = keep), got {got}"
             raise TypeError(msg)
-        try:
-            full = broadcast_shapes(keep.shape, target)
-        except ValueError:
-            full = None
-        if full != target:
+        if not broadcasts_to(keep.shape, target):
             msg = (f"mask_mod must return booleans broadcastable to the logits block {target}, "
                    f"got shape {tuple(keep.shape)}")
             raise ValueError(msg)
@@ -515,11 +512,7 @@ def _probe(xp: Any, score_mod: Any, mask_mod: Any, idx: tuple[Any, Any], batch: 
 
 def _check_extra(xp: Any, name: str, a: Any, batch: tuple[int, ...], tail: tuple[int, ...], what: str) -> None:
     target = (*batch, *tail)
-    try:
-        full = broadcast_shapes(a.shape, target)
-    except ValueError:
-        full = None
-    if full != target:
+    if not broadcasts_to(a.shape, target):
         msg = f"{name} must be broadcastable to {what} {target} without enlarging it, got shape {tuple(a.shape)}"
         raise ValueError(msg)
 
