@@ -11,10 +11,56 @@ for and ``peak_memory`` returns ``None`` (a distributed cluster reports per-work
 from __future__ import annotations
 
 import importlib.util
+from types import MappingProxyType
 
 import numpy as np
 
 from . import Backend
+
+
+# --------------------------------------------------------------------------------------------
+# linear algebra per (batch, head) block: dask.array.linalg takes only 2-D (tall-and-skinny)
+# matrices and has no pinv; each matrix of a stack is one block here, computed by NumPy's
+# (array_api_compat's) linalg, so the values are NumPy's bit for bit.
+# --------------------------------------------------------------------------------------------
+
+def _gufunc(fn, signature, a, sizes, nout):
+    import dask.array as da
+
+    return da.apply_gufunc(fn, signature, a, output_dtypes=(a.dtype,) * nout if nout > 1 else a.dtype,
+                           output_sizes=sizes, allow_rechunk=True, vectorize=False)
+
+
+def _qr(a, mode="reduced"):
+    import array_api_compat.numpy as npx
+
+    m, n = a.shape[-2:]
+    if mode != "reduced":
+        return npx.linalg.qr(a, mode=mode)
+    q, r = _gufunc(lambda x: tuple(npx.linalg.qr(x)), "(m,n)->(m,k),(k,n)", a, {"k": min(m, n)}, 2)
+    return q, r
+
+
+def _svd(a, full_matrices=True):
+    import array_api_compat.numpy as npx
+
+    m, n = a.shape[-2:]
+    if full_matrices:
+        sig, sizes = "(m,n)->(m,m),(k),(n,n)", {"k": min(m, n)}
+    else:
+        sig, sizes = "(m,n)->(m,k),(k),(k,n)", {"k": min(m, n)}
+    u, s, vh = _gufunc(lambda x: tuple(npx.linalg.svd(x, full_matrices=full_matrices)), sig, a, sizes, 3)
+    return u, s, vh
+
+
+def _pinv(a, rtol=None):
+    import array_api_compat.numpy as npx
+
+    return _gufunc(lambda x: npx.linalg.pinv(x, rtol=rtol), "(m,n)->(n,m)", a, None, 1)
+
+
+def primitives():
+    return {"linalg.qr": _qr, "linalg.svd": _svd, "linalg.pinv": _pinv}
 
 
 def is_available() -> bool:
@@ -41,4 +87,4 @@ def make(device=None) -> Backend:
 
     return Backend(name="dask", xp=xp, device="cpu", version=dask.__version__, asarray=asarray,
                    to_host=to_host, synchronize=lambda: None, reset_peak_memory=lambda: None,
-                   peak_memory=lambda: None)
+                   peak_memory=lambda: None, primitives=MappingProxyType(primitives()))

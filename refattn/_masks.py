@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._xp import broadcast_shapes, is_floating
+from ._xp import broadcast_shapes, is_floating, is_lazy
 
 __all__ = ["MaskSpec", "make_mask", "mask_block", "key_padding_keep", "CAUSAL_CHOICES"]
 
@@ -79,7 +79,7 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
         if mask.dtype == xp.bool:
             keep = mask
         elif is_floating(xp, mask.dtype):
-            if bool(xp.any(xp.isnan(mask))) or bool(xp.any(mask == xp.inf)):
+            if not is_lazy(mask) and (bool(xp.any(xp.isnan(mask))) or bool(xp.any(mask == xp.inf))):
                 msg = "mask (additive) must not contain NaN or +inf; use -inf to remove a key"
                 raise ValueError(msg)
             bias = xp.astype(mask, dtype)
@@ -98,7 +98,7 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
         if full != batch:
             msg = f"key_lengths must be broadcastable to the batch shape {batch}, got shape {tuple(key_lengths.shape)}"
             raise ValueError(msg)
-        if bool(xp.any(key_lengths < 0)) or bool(xp.any(key_lengths > m)):
+        if not is_lazy(key_lengths) and (bool(xp.any(key_lengths < 0)) or bool(xp.any(key_lengths > m))):
             msg = f"key_lengths must lie in [0, m] = [0, {m}]"
             raise ValueError(msg)
     return MaskSpec(keep, bias, offset, key_lengths, n, m)

@@ -52,6 +52,7 @@ __all__ = [
     "check_float_array",
     "check_same_namespace_device",
     "check_finite",
+    "is_lazy",
     "broadcast_shapes",
     "unbroadcast",
     "resolve_scale",
@@ -155,8 +156,26 @@ def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -
             raise ValueError(msg)
 
 
+def is_lazy(*arrays: Any) -> bool:
+    """Whether any of ``arrays`` is lazy or traced (a Dask array, a JAX tracer under ``jax.jit``):
+    its values cannot be read without forcing (or, traced, at all).
+
+    The data-dependent checks of refattn (each method's one named step, see DESIGN.md) read values
+    back to the host; on lazy and traced arrays they are skipped, so that a forward pass builds a
+    graph without computing anything. What each check would have refused then flows into the output
+    as the eager path documents for its ``errors="ignore"`` policy (NaN/inf propagate; invalid
+    normaliser rows become zeros). ``None`` entries are ignored.
+    """
+    return any(a is not None and array_api_compat.is_lazy_array(a) for a in arrays)
+
+
 def check_finite(name: str, x: Any, xp: Any) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or infinity, saying how many."""
+    """Raise ``ValueError`` if ``x`` holds NaN or infinity, saying how many.
+
+    Skipped for lazy and traced arrays (:func:`is_lazy`): their NaN/inf propagate to the output.
+    """
+    if is_lazy(x):
+        return
     bad = ~xp.isfinite(x)
     if bool(xp.any(bad)):
         count = int(xp.sum(xp.astype(bad, xp.int64)))
