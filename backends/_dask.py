@@ -60,7 +60,9 @@ def _pinv(a, rtol=None):
 
 
 def primitives():
-    return {"linalg.qr": _qr, "linalg.svd": _svd, "linalg.pinv": _pinv}
+    from ._dask_graphs import primitives as graphs
+
+    return {"linalg.qr": _qr, "linalg.svd": _svd, "linalg.pinv": _pinv, **graphs()}
 
 
 def is_available() -> bool:

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 from .._checks import check_choice, check_flag, check_int
 from .._masks import MaskSpec, _causal_offset, make_mask, mask_block
-from .._primitives import exp_consuming
+from .._primitives import backend_primitive, exp_consuming
 from .._registry import MASK_KINDS, Method, declare
 from .._xp import (
     broadcast_shapes,
@@ -286,6 +286,8 @@ def _forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, opts: Options,
         lse = xp.full((*batch, n), -math.inf, dtype=q.dtype, device=device(q))
     elif opts.impl == "dense":
         out, lse = _dense_forward(xp, q, k, v, spec, opts.scale)
+    elif (prim := backend_primitive(xp, "softmax_attention")) is not None:  # e.g. Dask's chunk-parallel graph
+        out, lse = prim(q, k, v, spec, opts.scale, batch, opts.block_q, opts.block_k)
     else:
         out, lse = _blockwise_forward(xp, q, k, v, spec, opts.scale, batch, opts.block_q, opts.block_k)
     shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))
@@ -322,6 +324,8 @@ def backward(res: Residuals, dout: Any, /) -> Grads:
         dq, dk, dv = xp.zeros_like(res.q), xp.zeros_like(res.k), xp.zeros_like(res.v)
     elif res.impl == "dense":
         dq, dk, dv = _dense_backward(xp, res, dout)
+    elif (prim := backend_primitive(xp, "softmax_attention_backward")) is not None:
+        dq, dk, dv = prim(res, dout, batch)
     else:
         dq, dk, dv = _blockwise_backward(xp, res, dout, batch)
     grads = [unbroadcast(xp, g, shape) for g, shape in zip((dq, dk, dv), res.shapes)]
