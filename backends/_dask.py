@@ -2,7 +2,10 @@
 
 Arrays are created with ``chunks="auto"`` (Dask's default block size); pass a chunk spec as
 ``device`` (e.g. ``backends.get("dask", device=(1, 1, 512, -1))``) to choose the blocks of every
-array the backend creates.
+array the backend creates (a tuple applies to the trailing axes of arrays of other ranks).
+
+Primitives (:mod:`refattn._primitives`): ``linalg.qr/svd/pinv`` per (batch, head) matrix, and the
+chunk-parallel graphs of exact attention and of the causal prefix sums (``_dask_graphs.py``).
 Computation happens on ``to_host`` (``.compute()``) with whatever scheduler is active (the threaded
 one by default, a ``dask.distributed`` client when one exists). ``synchronize`` has nothing to wait
 for and ``peak_memory`` returns ``None`` (a distributed cluster reports per-worker memory itself).
@@ -82,7 +85,10 @@ def make(device=None) -> Backend:
 
     def asarray(a, dtype=None):
         a = np.array(a, dtype=dtype, copy=True)
-        return da.from_array(a, chunks=chunks if a.ndim else ())
+        spec = chunks
+        if isinstance(spec, tuple):  # a spec for the trailing axes; leading extra axes get "auto"
+            spec = ("auto",) * max(a.ndim - len(spec), 0) + spec[max(len(spec) - a.ndim, 0):]
+        return da.from_array(a, chunks=spec if a.ndim else ())
 
     def to_host(a):
         return np.asarray(a.compute() if hasattr(a, "compute") else a)
