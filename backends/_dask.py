@@ -20,7 +20,6 @@ import numpy as np
 
 from . import Backend
 
-
 # --------------------------------------------------------------------------------------------
 # linear algebra per (batch, head) block: dask.array.linalg takes only 2-D (tall-and-skinny)
 # matrices and has no pinv; each matrix of a stack is one block here, computed by NumPy's

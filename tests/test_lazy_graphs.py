@@ -97,3 +97,12 @@ def test_nan_input_propagates_instead_of_raising_on_lazy_arrays():
     assert np.isnan(got[0, 2]).all() and np.isfinite(np.delete(got[0], 2, axis=0)).all()
     with pytest.raises(ValueError, match="finite"):
         refattn.softmax_attention(q, k, v)
+
+
+def test_scale_benchmark_task_counts():
+    """``python -m benchmarks scale --tasks``: counts grow linearly with the number of chunks."""
+    from benchmarks.scale import task_counts
+
+    small, large = task_counts([4096, 16384], 1024)
+    for key in ("softmax_forward", "softmax_forward_backward", "causal_prefix"):
+        assert 3 * small[key] <= large[key] <= 5 * small[key], key

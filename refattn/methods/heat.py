@@ -124,6 +124,7 @@ from .._xp import (
     check_float_array,
     compute_dtype,
     device,
+    is_lazy,
     namespace,
     resolve_scale,
     to_working,
@@ -131,7 +132,6 @@ from .._xp import (
     validate_qkv,
 )
 from .._xp import check_finite as _check_finite_array
-from .._xp import is_lazy
 from ..cost import Cost, linalg_flops
 from . import softmax as _softmax
 

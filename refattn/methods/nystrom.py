@@ -157,13 +157,13 @@ from .._xp import (
     check_float_array,
     compute_dtype,
     device,
+    is_lazy,
     namespace,
     resolve_scale,
     unbroadcast,
     validate_qkv,
 )
 from .._xp import check_finite as check_finite_array
-from .._xp import is_lazy
 from ..cost import Cost
 
 __all__ = [

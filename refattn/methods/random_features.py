@@ -145,6 +145,7 @@ from .._xp import (
     check_same_namespace_device,
     compute_dtype,
     device,
+    is_lazy,
     namespace,
     resolve_scale,
     to_working,
@@ -152,7 +153,6 @@ from .._xp import (
     validate_qkv,
 )
 from .._xp import check_finite as _check_finite_array
-from .._xp import is_lazy
 from ..cost import Cost
 from ._kernelized import (
     CoreOptions,
