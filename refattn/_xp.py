@@ -19,6 +19,10 @@ Input contract (every public function; tested row by row in ``tests/test_bad_inp
   Otherwise non-finite values propagate to the output (the rows they reach are NaN/inf; NumPy may emit
   ``RuntimeWarning`` on the way) and are never turned into a finite answer; the Nystrom pseudoinverse
   reports them as ``PinvConvergenceError``.
+* Lazy and traced arrays (Dask, ``jax.jit``; :func:`is_lazy`): the checks of values (finiteness,
+  mask values, ``key_lengths`` range, each method's data-dependent step) are skipped, so that no call
+  forces computation; what they would refuse flows into the output as under ``errors="ignore"``
+  (``docs/scale_out.md`` lists them). Shapes, dtypes and options are checked as for eager arrays.
 * Empty arrays: ``n = 0`` queries give an output with 0 rows; ``m = 0`` keys give zero rows, like
   fully masked rows. Methods that need ``n, m >= 1`` (Nystrom landmarks, HEAT's rank, Linformer's
   ``k >= 1``) raise instead.
@@ -137,7 +141,10 @@ def check_float_array(name: str, x: Any, xp: Any, *, ndim_min: int = 0, ndim: in
 
 
 def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -> None:
-    """Every array in ``named`` shares ``xp`` and the device of ``named[ref_name]``."""
+    """Every array in ``named`` shares ``xp`` and the device of ``named[ref_name]``.
+
+    A device of ``None`` (a JAX tracer under ``jax.jit``: placement is decided at compile time) is
+    compatible with every device."""
     ref_dev = device(named[ref_name])
     for name, a in named.items():
         if a is None:
@@ -151,8 +158,9 @@ def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -
             msg = (f"{name} must be an array of the same library as {ref_name} "
                    f"({xp.__name__}), got {_describe(a)} from {ns.__name__}")
             raise TypeError(msg)
-        if device(a) != ref_dev:
-            msg = f"{name} must be on the same device as {ref_name} ({ref_dev}), got {device(a)}"
+        dev = device(a)
+        if dev != ref_dev and dev is not None and ref_dev is not None:
+            msg = f"{name} must be on the same device as {ref_name} ({ref_dev}), got {dev}"
             raise ValueError(msg)
 
 

@@ -112,3 +112,17 @@ def test_jax_eager_and_jit(name, var):
     _close(out, ref)
     for a, b in zip(g, grads):
         _close(a, b)
+
+
+def test_jit_with_some_arguments_traced_and_others_concrete():
+    """A tracer's device is None: it must be accepted next to concrete arrays (closure constants)."""
+    import jax.numpy as jnp
+
+    backends.get("jax")  # enables float64
+    rs = np.random.default_rng(2)
+    q, k, v = (jnp.asarray(rs.standard_normal((2, 5, 3))) for _ in range(3))
+    lengths = jnp.asarray([2, 5])
+    f = jax.jit(lambda q: refattn.softmax_attention(q, k, v, key_lengths=lengths, causal="bottom_right"))
+    want = refattn.softmax_attention(*(np.asarray(x) for x in (q, k, v)), key_lengths=np.asarray(lengths),
+                                     causal="bottom_right")
+    _close(f(q), want)
