@@ -64,7 +64,11 @@ def _pinv(a, rtol=None):
 def primitives():
     from ._dask_graphs import primitives as graphs
 
-    return {"linalg.qr": _qr, "linalg.svd": _svd, "linalg.pinv": _pinv, **graphs()}
+    return {"linalg.qr": _qr, "linalg.svd": _svd, "linalg.pinv": _pinv, "one_block": _one_block, **graphs()}
+
+
+def _one_block(x):
+    return x.rechunk({x.ndim - 2: -1, x.ndim - 1: -1}) if x.ndim >= 2 else x
 
 
 def is_available() -> bool:

@@ -150,7 +150,7 @@ from typing import Any, NamedTuple
 from .. import cost as _cost_module
 from .._checks import ERRORS, check_choice, check_flag, check_int, check_real, legacy_policy, report
 from .._masks import key_padding_keep, make_mask
-from .._primitives import exp_consuming, linalg
+from .._primitives import exp_consuming, linalg, one_block
 from .._registry import Function, Method, declare
 from .._xp import (
     broadcast_shapes,
@@ -285,7 +285,7 @@ def _segment_means(xp: Any, x: Any, m: int) -> Any:
         parts.append(xp.mean(xp.reshape(x[..., :a, :], (*lead, r, l + 1, d)), axis=-2))
     if m - r:
         parts.append(xp.mean(xp.reshape(x[..., a:, :], (*lead, m - r, l, d)), axis=-2))
-    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
+    return one_block(xp, parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2))  # (m, d): small
 
 
 def _segment_means_backward(xp: Any, g: Any, n: int) -> Any:
