@@ -79,7 +79,8 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
         if mask.dtype == xp.bool:
             keep = mask
         elif is_floating(xp, mask.dtype):
-            if not is_lazy(mask) and (bool(xp.any(xp.isnan(mask))) or bool(xp.any(mask == xp.inf))):
+            nan = xp.any(xp.isnan(mask))
+            if not is_lazy(nan) and (bool(nan) or bool(xp.any(mask == xp.inf))):
                 msg = "mask (additive) must not contain NaN or +inf; use -inf to remove a key"
                 raise ValueError(msg)
             bias = xp.astype(mask, dtype)
@@ -98,7 +99,8 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
         if full != batch:
             msg = f"key_lengths must be broadcastable to the batch shape {batch}, got shape {tuple(key_lengths.shape)}"
             raise ValueError(msg)
-        if not is_lazy(key_lengths) and (bool(xp.any(key_lengths < 0)) or bool(xp.any(key_lengths > m))):
+        low = xp.any(key_lengths < 0)
+        if not is_lazy(low) and (bool(low) or bool(xp.any(key_lengths > m))):
             msg = f"key_lengths must lie in [0, m] = [0, {m}]"
             raise ValueError(msg)
     return MaskSpec(keep, bias, offset, key_lengths, n, m)

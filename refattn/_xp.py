@@ -173,19 +173,38 @@ def is_lazy(*arrays: Any) -> bool:
     graph without computing anything. What each check would have refused then flows into the output
     as the eager path documents for its ``errors="ignore"`` policy (NaN/inf propagate; invalid
     normaliser rows become zeros). ``None`` entries are ignored.
+
+    Lazy means: a Dask array, a JAX tracer (eager JAX arrays are concrete and are checked), an array
+    whose shape is not known (``None`` in it), or another library array-api-compat classifies as lazy
+    by type (ndonnx). Other arrays are eager; they are never probed (``array_api_compat.is_lazy_array``
+    would read a value of an unknown array type, a host sync, and the counting namespaces of
+    :mod:`refattn.cost` would count it).
     """
-    return any(a is not None and array_api_compat.is_lazy_array(a) for a in arrays)
+    return any(a is not None and _lazy(a) for a in arrays)
+
+
+def _lazy(a: Any) -> bool:
+    if array_api_compat.is_dask_array(a) or array_api_compat.is_ndonnx_array(a):
+        return True
+    if array_api_compat.is_jax_array(a):
+        import jax
+
+        return isinstance(a, jax.core.Tracer)
+    return None in tuple(getattr(a, "shape", ()) or ())
 
 
 def check_finite(name: str, x: Any, xp: Any) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinity, saying how many.
 
-    Skipped for lazy and traced arrays (:func:`is_lazy`): their NaN/inf propagate to the output.
+    Skipped for lazy and traced arrays (:func:`is_lazy`; Dask, JAX tracers): their NaN/inf propagate.
     """
     if is_lazy(x):
         return
     bad = ~xp.isfinite(x)
-    if bool(xp.any(bad)):
+    anybad = xp.any(bad)
+    if is_lazy(anybad):  # a concrete JAX array inside jax.jit: the reduction is traced
+        return
+    if bool(anybad):
         count = int(xp.sum(xp.astype(bad, xp.int64)))
         msg = f"{name} must be finite, got {count} NaN/inf entries out of {math.prod(x.shape)}"
         raise ValueError(msg)
