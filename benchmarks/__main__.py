@@ -2,6 +2,7 @@
 
     python -m benchmarks [--method NAME ...] [--quick] [--n 1024] [--heads 4] [--d 64] [--out ratios.json]
     python -m benchmarks scaling [--method NAME ...] [--quick] [--out scaling.json] [--plot scaling.png]
+    python -m benchmarks scale [--n 262144] [--linear-n 4194304] [--ratio 16384 65536] [--tasks]  (Dask cluster)
 
 For every case (a method under one setting; ``--list`` names them), dtype (float64, float32) and pass
 (forward; forward + backward) it times refattn on the NumPy backend and each torch peer (the same
@@ -180,6 +181,10 @@ def _common(p: argparse.ArgumentParser, allocator: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scale"]:
+        from .scale import main as scale_main
+
+        return scale_main(argv[1:])
     if argv[:1] == ["scaling"]:
         from .scaling import main as scaling_main
 

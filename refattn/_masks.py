@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ._xp import broadcasts_to, is_floating
+from ._xp import broadcasts_to, is_floating, is_lazy
 
 __all__ = ["MaskSpec", "make_mask", "mask_block", "key_padding_keep", "CAUSAL_CHOICES"]
 
@@ -88,11 +88,13 @@ def make_mask(xp: Any, *, mask: Any, causal: Any, key_lengths: Any, n: int, m: i
         if mask.dtype == xp.bool:
             keep = mask
         elif is_floating(xp, mask.dtype):
-            if bool(xp.any(xp.isnan(mask))) or bool(xp.any(mask == xp.inf)):
+            nan = xp.any(xp.isnan(mask))
+            if not is_lazy(nan) and (bool(nan) or bool(xp.any(mask == xp.inf))):
                 msg = "mask (additive) must not contain NaN or +inf; use -inf to remove a key"
                 raise ValueError(msg)
             bias = xp.astype(mask, dtype)
-            if bool(xp.any(bias == xp.inf)):  # finite in its own dtype, beyond the working one
+            big = xp.any(bias == xp.inf)
+            if not is_lazy(big) and bool(big):  # finite in its own dtype, beyond the working one
                 msg = (f"mask (additive) has entries too large for the working dtype {dtype} (they become +inf "
                        "and every logit of their row NaN); clip it to that dtype's range")
                 raise ValueError(msg)
@@ -123,7 +125,8 @@ def _check_lengths(xp: Any, name: str, lengths: Any, batch: tuple[int, ...], siz
                f"give it the batch's rank {len(batch)} (its axes match {axes}, size 1 to broadcast), "
                f"e.g. shape {(batch[0],) + (1,) * (len(batch) - 1)} for one length per leading batch element")
         raise ValueError(msg)
-    if bool(xp.any(lengths < 0)) or bool(xp.any(lengths > size)):
+    low = xp.any(lengths < 0)
+    if not is_lazy(low) and (bool(low) or bool(xp.any(lengths > size))):
         msg = f"{name} must lie in [0, {letter}] = [0, {size}]"
         raise ValueError(msg)
 

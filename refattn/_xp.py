@@ -29,6 +29,10 @@ Input contract (every public function; tested row by row in ``tests/test_bad_inp
   ``orthogonality_penalty``, ``wht_projection``, ``feature_map``, ``multi_head_attention``) return
   IEEE inf/NaN only where the exact result itself exceeds the range (products of several huge
   arrays); tested by ``tests/test_bad_input_huge.py`` in a child process with a time limit.
+* Lazy and traced arrays (Dask, ``jax.jit``; :func:`is_lazy`): the checks of values (finiteness,
+  mask values, ``key_lengths`` range, each method's data-dependent step) are skipped, so that no call
+  forces computation; what they would refuse flows into the output as under ``errors="ignore"``
+  (``docs/scale_out.md`` lists them). Shapes, dtypes and options are checked as for eager arrays.
 * Empty arrays: ``n = 0`` queries give an output with 0 rows; ``m = 0`` keys give zero rows, like
   fully masked rows. Methods that need ``n, m >= 1`` (Nystrom landmarks, HEAT's rank, Linformer's
   ``k >= 1``) raise instead.
@@ -63,6 +67,7 @@ __all__ = [
     "check_same_namespace_device",
     "check_finite",
     "check_overflow",
+    "is_lazy",
     "broadcast_shapes",
     "broadcasts_to",
     "unbroadcast",
@@ -169,7 +174,10 @@ def check_float_array(name: str, x: Any, xp: Any, *, ndim_min: int = 0, ndim: in
 
 
 def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -> None:
-    """Every array in ``named`` shares ``xp`` and the device of ``named[ref_name]``."""
+    """Every array in ``named`` shares ``xp`` and the device of ``named[ref_name]``.
+
+    A device of ``None`` (a JAX tracer under ``jax.jit``: placement is decided at compile time) is
+    compatible with every device."""
     if not array_api_compat.is_array_api_obj(named[ref_name]):
         msg = f"{ref_name} must be an array, got {type(named[ref_name]).__name__}"
         raise TypeError(msg)
@@ -186,15 +194,53 @@ def check_same_namespace_device(named: dict[str, Any], xp: Any, ref_name: str) -
             msg = (f"{name} must be an array of the same library as {ref_name} "
                    f"({xp.__name__}), got {_describe(a)} from {ns.__name__}")
             raise TypeError(msg)
-        if device(a) != ref_dev:
-            msg = f"{name} must be on the same device as {ref_name} ({ref_dev}), got {device(a)}"
+        dev = device(a)
+        if dev != ref_dev and dev is not None and ref_dev is not None:
+            msg = f"{name} must be on the same device as {ref_name} ({ref_dev}), got {dev}"
             raise ValueError(msg)
 
 
+def is_lazy(*arrays: Any) -> bool:
+    """Whether any of ``arrays`` is lazy or traced (a Dask array, a JAX tracer under ``jax.jit``):
+    its values cannot be read without forcing (or, traced, at all).
+
+    The data-dependent checks of refattn (each method's one named step, see DESIGN.md) read values
+    back to the host; on lazy and traced arrays they are skipped, so that a forward pass builds a
+    graph without computing anything. What each check would have refused then flows into the output
+    as the eager path documents for its ``errors="ignore"`` policy (NaN/inf propagate; invalid
+    normaliser rows become zeros). ``None`` entries are ignored.
+
+    Lazy means: a Dask array, a JAX tracer (eager JAX arrays are concrete and are checked), an array
+    whose shape is not known (``None`` in it), or another library array-api-compat classifies as lazy
+    by type (ndonnx). Other arrays are eager; they are never probed (``array_api_compat.is_lazy_array``
+    would read a value of an unknown array type, a host sync, and the counting namespaces of
+    :mod:`refattn.cost` would count it).
+    """
+    return any(a is not None and _lazy(a) for a in arrays)
+
+
+def _lazy(a: Any) -> bool:
+    if array_api_compat.is_dask_array(a) or array_api_compat.is_ndonnx_array(a):
+        return True
+    if array_api_compat.is_jax_array(a):
+        import jax
+
+        return isinstance(a, jax.core.Tracer)
+    return None in tuple(getattr(a, "shape", ()) or ())
+
+
 def check_finite(name: str, x: Any, xp: Any) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or infinity, saying how many."""
+    """Raise ``ValueError`` if ``x`` holds NaN or infinity, saying how many.
+
+    Skipped for lazy and traced arrays (:func:`is_lazy`; Dask, JAX tracers): their NaN/inf propagate.
+    """
+    if is_lazy(x):
+        return
     bad = ~xp.isfinite(x)
-    if bool(xp.any(bad)):
+    anybad = xp.any(bad)
+    if is_lazy(anybad):  # a concrete JAX array inside jax.jit: the reduction is traced
+        return
+    if bool(anybad):
         count = int(xp.sum(xp.astype(bad, xp.int64)))
         msg = f"{name} must be finite, got {count} NaN/inf entries out of {math.prod(x.shape)}"
         raise ValueError(msg)
@@ -203,8 +249,10 @@ def check_finite(name: str, x: Any, xp: Any) -> None:
 def check_overflow(xp: Any, out: Any, method: str, inputs: str = "q and k") -> Any:
     """The output of a call whose inputs were checked finite must be finite too: ``ValueError``
     naming ``inputs`` and the fix otherwise (huge finite values overflow the working dtype in the
-    logits, features or normalisers). Returns ``out`` (one ``isfinite`` pass over it)."""
-    if not bool(xp.all(xp.isfinite(out))):
+    logits, features or normalisers). Returns ``out`` (one ``isfinite`` pass over it); skipped for
+    lazy and traced arrays (:func:`is_lazy`)."""
+    ok = xp.all(xp.isfinite(out))
+    if not is_lazy(ok) and not bool(ok):
         msg = (f"{method}: finite inputs gave a non-finite output: {inputs} are too large for {out.dtype} "
                "(their logits, features or normalisers overflow); rescale them (or the scale), or pass "
                "check_finite=False to get the overflowed values")

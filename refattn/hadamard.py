@@ -85,7 +85,7 @@ from typing import Any, NamedTuple
 from ._checks import check_choice, check_flag, check_int
 from ._primitives import backend_primitive
 from ._registry import Function, declare
-from ._xp import check_float_array, check_same_namespace_device, compute_dtype, device, namespace
+from ._xp import check_float_array, check_same_namespace_device, compute_dtype, device, is_lazy, namespace
 from .cost import Cost
 
 __all__ = [
@@ -242,11 +242,13 @@ def _take_axis(x: Any, axis: int, c: int) -> Any:
 
 def _may_overflow(xp: Any, x: Any, c_pad: int) -> bool:
     """The transform's one data-dependent step: could the unnormalised butterflies (which grow entries
-    by up to ``c'``) overflow ``x``'s dtype? Only then is ``x`` scaled before them (other rounding)."""
+    by up to ``c'``) overflow ``x``'s dtype? Only then is ``x`` scaled before them (other rounding).
+    Lazy and traced ``x``: not asked (never scaled; entries within ``c'`` of the range overflow)."""
     if math.prod(x.shape) == 0:
         return False
     big = float(xp.finfo(x.dtype).max) / (2 * c_pad)
-    return bool(xp.any((x > big) | (x < -big)))  # comparisons only: no counted flops
+    over = xp.any((x > big) | (x < -big))
+    return not is_lazy(over) and bool(over)  # comparisons only: no counted flops
 
 
 def _transform(xp: Any, x: Any, axis: int, c_pad: int, normalized: bool, impl: str) -> Any:

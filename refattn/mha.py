@@ -72,6 +72,7 @@ from ._xp import (
     check_float_array,
     check_same_namespace_device,
     compute_dtype,
+    is_lazy,
     namespace,
 )
 from .cost import Cost
@@ -281,7 +282,8 @@ def _softmax_heads(xp: Any, qh: Any, kh: Any, vh: Any, kw: Mapping[str, Any],
         _softmax._check_data(xp, qh, kh, vh)
     spec = make_mask(xp, mask=mask, causal=causal, key_lengths=key_lengths, n=n, m=m, batch=batch, dtype=qh.dtype)
     out, res = _softmax._forward(xp, qh, kh, vh, spec, opts)
-    if not bool(xp.all(xp.isfinite(out))) and all(bool(xp.all(xp.isfinite(a))) for a in (qh, kh, vh)):
+    fin = xp.all(xp.isfinite(out))
+    if not is_lazy(fin) and not bool(fin) and all(bool(xp.all(xp.isfinite(a))) for a in (qh, kh, vh)):
         msg = ("multi_head_attention: the per-head logits overflow although the projected q, k, v are finite "
                f"({qh.dtype}); rescale x (or w_q, w_k)")
         raise ValueError(msg)

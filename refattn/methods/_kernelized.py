@@ -85,7 +85,7 @@ from typing import Any, NamedTuple
 
 from .._checks import report
 from .._masks import _causal_offset
-from .._xp import device, namespace, unbroadcast
+from .._xp import device, is_lazy, namespace, unbroadcast
 from ._prefix import DEFAULT_CHUNK, _causal_dot, causal_dot_backward
 
 __all__ = ["kernelized_forward", "kernelized_backward", "KernelizedResiduals", "CoreOptions",
@@ -187,9 +187,18 @@ def _check_normalizers(xp: Any, r: Any, numer: Any, key_keep: Any, n: int, m: in
 
     Returns ``(valid, all_valid)``: ``valid (..., n)`` the rows returned as a ratio (the others are
     zeros with zero gradient) and whether every row is one (then the output is one division).
+
+    Lazy and traced arrays (:func:`refattn._xp.is_lazy`): nothing is read back; ``all_valid`` is
+    ``False`` (the masked form, same values) and no report is made, whatever ``opts.errors``: the
+    invalid rows are returned as the ``errors="ignore"`` policy returns them.
     """
     positive = opts.normalizer == "positive"
     zero_invalid = positive if opts.zero_invalid is None else opts.zero_invalid
+    if is_lazy(r, numer):
+        if positive:
+            good = (r > 0) & xp.isfinite(r) & xp.all(xp.isfinite(numer), axis=-1)
+            return (good if zero_invalid else r != 0), False
+        return (r > 0 if zero_invalid else r != 0), False
     if positive:
         good = (r > 0) & xp.isfinite(r) & xp.all(xp.isfinite(numer), axis=-1)
 

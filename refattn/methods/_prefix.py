@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._checks import check_flag, check_int
+from .._primitives import backend_primitive
 from .._xp import broadcast_shapes, check_float_array, check_same_namespace_device, device, namespace
 
 __all__ = ["causal_dot", "causal_dot_backward", "CausalDotGrads", "DEFAULT_CHUNK"]
@@ -71,7 +72,17 @@ def causal_dot(a: Any, b: Any, c: Any, /, *, chunk: int = DEFAULT_CHUNK, reverse
 
 
 def _causal_dot(xp: Any, a: Any, b: Any, c: Any, chunk: int, reverse: bool) -> Any:
-    """The implementation of :func:`causal_dot` (valid input assumed)."""
+    """The implementation of :func:`causal_dot` (valid input assumed): the backend's ``causal_dot``
+    primitive where it has one (Dask: chunk states, a parallel scan over chunks, within-chunk
+    products), else :func:`_causal_dot_generic`, the oracle."""
+    prim = backend_primitive(xp, "causal_dot")
+    if prim is not None and a.shape[-2] > 0:
+        return prim(a, b, c, chunk, reverse)
+    return _causal_dot_generic(xp, a, b, c, chunk, reverse)
+
+
+def _causal_dot_generic(xp: Any, a: Any, b: Any, c: Any, chunk: int, reverse: bool) -> Any:
+    """The generic chunked kernel: one running state through the chunks."""
     if reverse:
         a, b, c = (xp.flip(x, axis=-2) for x in (a, b, c))
     n = a.shape[-2]

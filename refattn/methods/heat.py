@@ -117,7 +117,7 @@ from typing import Any, NamedTuple
 
 from .._checks import check_choice, check_flag, check_int, check_real, legacy_policy, report
 from .._masks import MaskSpec, make_mask, mask_block
-from .._primitives import exp_consuming
+from .._primitives import exp_consuming, linalg
 from .._registry import MASK_KINDS, Function, Method, declare
 from .._xp import (
     broadcast_shapes,
@@ -125,6 +125,7 @@ from .._xp import (
     check_overflow,
     compute_dtype,
     device,
+    is_lazy,
     namespace,
     resolve_scale,
     to_working,
@@ -161,7 +162,7 @@ class _TSVD(NamedTuple):
 
 
 def _svd(xp: Any, a: Any) -> tuple[Any, Any, Any]:
-    u, s, vh = xp.linalg.svd(a, full_matrices=False)
+    u, s, vh = linalg(xp, "svd")(a, full_matrices=False)
     return u, s, _mT(xp, vh)
 
 
@@ -190,7 +191,7 @@ def _errors(errors: Any, on_degenerate: Any) -> str:
 
 def _check_gap(xp: Any, s: Any, r: int, tol: float, errors: str, what: str) -> None:
     """Relative gap ``(sigma_r - sigma_{r+1}) / sigma_1`` must exceed ``tol`` (only for ``r < k``)."""
-    if r >= s.shape[-1]:
+    if r >= s.shape[-1] or is_lazy(s):  # lazy/traced: not checked (a tied pair gives one of the truncations)
         return
     gap = s[..., r - 1] - s[..., r]
     bad = gap <= tol * s[..., 0]
@@ -211,7 +212,8 @@ def _svd_checked(xp: Any, a: Any, r: int, tol: float, errors: str, what: str) ->
     (the one data-dependent check inside the implementation; ``errors="ignore"`` skips it). A
     non-finite ``a`` (huge finite q, k whose product overflows) raises before the decomposition,
     which may not return on infinite entries (LAPACK's SVD iterates forever on some of them)."""
-    if not bool(xp.all(xp.isfinite(a))):
+    fin = xp.all(xp.isfinite(a))
+    if not is_lazy(fin) and not bool(fin):
         msg = (f"{what}: the matrix to decompose overflows {a.dtype} although q and k are finite (their "
                "entries are too large); rescale q and k (or the scale) so that s * |q| * |k| stays in range")
         raise ValueError(msg)
@@ -467,8 +469,9 @@ def _check_data(xp: Any, q: Any, k: Any, v: Any, opts: Options) -> None:
 
 def _logits_forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, opts: Options) -> tuple[Any, Any, Any]:
     r = opts.rank
-    qq, rq = xp.linalg.qr(q)
-    qk, rk = xp.linalg.qr(k)
+    qr = linalg(xp, "qr")
+    qq, rq = qr(q)
+    qk, rk = qr(k)
     core = (rq @ _mT(xp, rk)) * opts.scale                      # S = Qq core Qk^T
     uc, s, vc = _svd_checked(xp, core, r, opts.gap_rtol, opts.errors, "heat_attention(reading='logits')")
     u, vv = qq @ uc, qk @ vc

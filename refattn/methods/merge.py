@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from .._registry import Function, declare
-from .._xp import check_float_array, check_same_namespace_device, namespace
+from .._xp import check_float_array, check_same_namespace_device, is_lazy, namespace
 
 __all__ = ["merge_attention", "forward", "backward", "cost", "Residuals", "Grads"]
 
@@ -85,7 +85,8 @@ def forward(outs: Any, lses: Any, /) -> tuple[tuple[Any, Any], Residuals]:
         msg = (f"lses must have shape {tuple(o.shape[:-1])} (outs' shape without its last axis), "
                f"got {tuple(lse.shape)}")
         raise ValueError(msg)
-    if bool(xp.any(xp.isnan(lse))) or bool(xp.any(lse == math.inf)):
+    nan = xp.any(xp.isnan(lse))
+    if not is_lazy(nan) and (bool(nan) or bool(xp.any(lse == math.inf))):
         msg = "lses must not contain NaN or +inf (-inf marks a row that part does not see)"
         raise ValueError(msg)
     out, lse_out, w = _merge(xp, o, lse)

@@ -150,7 +150,7 @@ from typing import Any, NamedTuple
 from .. import cost as _cost_module
 from .._checks import ERRORS, check_choice, check_flag, check_int, check_real, legacy_policy, report
 from .._masks import key_padding_keep, make_mask
-from .._primitives import exp_consuming
+from .._primitives import exp_consuming, linalg, one_block
 from .._registry import Function, Method, declare
 from .._xp import (
     broadcasts_to,
@@ -158,6 +158,7 @@ from .._xp import (
     check_overflow,
     compute_dtype,
     device,
+    is_lazy,
     namespace,
     resolve_scale,
     unbroadcast,
@@ -295,7 +296,7 @@ def _segment_means(xp: Any, x: Any, m: int) -> Any:
         parts.append(xp.mean(xp.reshape(x[..., :a, :], (*lead, r, l + 1, d)), axis=-2))
     if m - r:
         parts.append(xp.mean(xp.reshape(x[..., a:, :], (*lead, m - r, l, d)), axis=-2))
-    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2)
+    return one_block(xp, parts[0] if len(parts) == 1 else xp.concat(parts, axis=-2))  # (m, d): small
 
 
 def _segment_means_backward(xp: Any, g: Any, n: int) -> Any:
@@ -316,7 +317,7 @@ def _kept_keys(xp: Any, keep: Any, m: int) -> tuple[Any, Any]:
     ``ValueError`` when some batch element keeps fewer than ``m`` keys."""
     ki = xp.astype(keep, xp.int64)
     count = xp.sum(ki, axis=-1, keepdims=True)  # (..., 1)
-    if bool(xp.any(count < m)):
+    if not is_lazy(count) and bool(xp.any(count < m)):  # lazy/traced: not checked (empty segments give NaN)
         least = int(xp.min(count))
         msg = (f"the key mask leaves {least} kept key(s) in some batch element, fewer than num_landmarks={m}: "
                "segment-means landmarks need at least one kept key per segment (pass fewer landmarks "
@@ -446,7 +447,11 @@ def _check_square(a: Any, xp: Any) -> None:
 
 def _check_divergence(xp: Any, a: Any, z: Any, x0: Any, opts: PinvOptions, init_desc: str) -> None:
     """The data-dependent step: divergence / convergence checks of the iterate ``z = Z_J`` (see the
-    module docstring), reported under ``opts.errors``. Run only when ``opts.checked``."""
+    module docstring), reported under ``opts.errors``. Run only when ``opts.checked``, and skipped for
+    lazy and traced arrays (a diverged iterate then flows into the output, as with ``errors="ignore"``;
+    ``pinv_tol`` is not checked)."""
+    if is_lazy(a, z):
+        return
     m = a.shape[-1]
     iterations = opts.iterations
     eye = _eye(xp, m, a.dtype, device(a))
@@ -491,7 +496,8 @@ def _check_divergence(xp: Any, a: Any, z: Any, x0: Any, opts: PinvOptions, init_
 def _pinv_forward(xp: Any, a: Any, opts: PinvOptions) -> tuple[Any, _PinvRes]:
     """The pseudoinverse of ``a`` per ``opts`` (valid input assumed), with its residuals."""
     if opts.mode == "exact":
-        z = xp.linalg.pinv(a, rtol=opts.rtol) if opts.rtol is not None else xp.linalg.pinv(a)
+        pinv = linalg(xp, "pinv")
+        z = pinv(a, rtol=opts.rtol) if opts.rtol is not None else pinv(a)
         return z, _PinvRes(a, z, (), None, None, None, opts.mode, False, opts.init)
     if opts.init_scale is None:
         alpha, c, r = _paper_init(xp, a, opts.init)

@@ -145,6 +145,7 @@ from .._xp import (
     check_same_namespace_device,
     compute_dtype,
     device,
+    is_lazy,
     namespace,
     resolve_scale,
     to_working,
@@ -216,9 +217,10 @@ def _exp_limit(xp: Any, dtype: Any) -> float:
 
 def _check_exponents(xp: Any, exponents: list[tuple[Any, str]], fix: str = "stabilize=True") -> None:
     """The one data-dependent step of the unstabilised exponential features: refuse exponents whose
-    exp overflows (instead of returning inf/NaN), one ``max`` read back per exponent array."""
+    exp overflows (instead of returning inf/NaN), one ``max`` read back per exponent array.
+    Skipped for lazy and traced arrays: an overflowing ``exp`` then gives inf/NaN."""
     for t, what in exponents:
-        if math.prod(t.shape) == 0:
+        if math.prod(t.shape) == 0 or is_lazy(t):
             continue
         top = float(xp.max(t))
         lim = _exp_limit(xp, t.dtype)
@@ -492,12 +494,15 @@ def _key_log_weight_sign(features: str, kernel: str) -> float:
 
 def _unit(xp: Any, x: Any) -> tuple[Any, Any, Any]:
     """``(x / |x|, |x|, zero)`` per row; ``zero`` is ``None`` when no row has norm 0, else the
-    norms as computed (the zero rows are then divided by 1 and reported by :func:`_check_data`)."""
+    norms as computed (the zero rows are then divided by 1 and reported by :func:`_check_data`).
+    Lazy and traced arrays are not inspected: zero rows are divided by 1 (they stay zero) and
+    ``zero`` is ``None`` (not reported)."""
     norm = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))
-    if not bool(xp.any(norm == 0.0)):
+    lazy = is_lazy(norm)
+    if not lazy and not bool(xp.any(norm == 0.0)):
         return x / norm, norm, None
     safe = xp.where(norm == 0.0, 1.0, norm)
-    return x / safe, safe, norm
+    return x / safe, safe, None if lazy else norm
 
 
 def _check_data(xp: Any, opts: Options, zero_rows: list[tuple[Any, str]], exponents: list[tuple[Any, str]]) -> None:

@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 from .. import mods as _mods
 from .._checks import check_choice, check_flag, check_int, check_real
 from .._masks import MaskSpec, _causal_offset, make_mask, mask_block
-from .._primitives import exp_consuming
+from .._primitives import backend_primitive, exp_consuming
 from .._registry import MASK_KINDS, Method, declare
 from .._xp import (
     broadcast_shapes,
@@ -423,11 +423,19 @@ def _forward(xp: Any, q: Any, k: Any, v: Any, spec: MaskSpec, opts: Options,
             lse = xp.astype(xp.broadcast_to(srow, (*batch, n, 1))[..., 0], q.dtype, copy=True)
     elif opts.impl == "dense":
         out, lse = _dense_forward(xp, q, k, v, spec, opts.scale, var)
+    elif _plain(spec, var) and (prim := backend_primitive(xp, "softmax_attention")) is not None:
+        out, lse = prim(q, k, v, spec, opts.scale, batch, opts.block_q, opts.block_k)  # e.g. Dask's graph
     else:
         out, lse = _blockwise_forward(xp, q, k, v, spec, opts.scale, batch, opts.block_q, opts.block_k, var)
     shapes = (tuple(q.shape), tuple(k.shape), tuple(v.shape))
     return out, Residuals(q, k, v, out, lse, spec, opts.scale, opts.impl, opts.block_q, opts.block_k,
                           q.dtype if dtype is None else dtype, shapes, var)
+
+
+def _plain(spec: MaskSpec, var: Variant) -> bool:
+    """No variant and no per-row or per-block mask rule: the inputs a backend primitive (Dask's
+    chunk-parallel graph) takes; other calls run the generic blockwise loop."""
+    return not var.active and var.out_shape is None and spec.query_lengths is None and spec.mask_mod is None
 
 
 def _regroup(xp: Any, a: Any, tail: int, hq: int, hkv: int) -> Any:
@@ -633,6 +641,9 @@ def backward(res: Residuals, dout: Any, /) -> Grads | SinkGrads:
         dq, dk, dv = xp.zeros_like(res.q), xp.zeros_like(res.k), xp.zeros_like(res.v)
     elif res.impl == "dense":
         dq, dk, dv = _dense_backward(xp, res, dout, delta)
+    elif (dlse is None and _plain(res.spec, var)
+          and (prim := backend_primitive(xp, "softmax_attention_backward")) is not None):
+        dq, dk, dv = prim(res, dout, batch)
     else:
         dq, dk, dv = _blockwise_backward(xp, res, dout, batch, delta)
     grads = []
